@@ -1,0 +1,4 @@
+//! The `vhd` command-line tool.
+fn main() {
+    std::process::exit(vhdref::cli::main());
+}

@@ -1,0 +1,33 @@
+//! On-disk structures only: plain types that parse (checking their own
+//! rules) and serialize. No I/O happens here.
+
+pub mod bat;
+pub mod bitmap;
+pub mod checksum;
+pub mod dyn_header;
+pub mod footer;
+pub mod geometry;
+pub mod locator;
+pub mod timestamp;
+
+/// Bytes in a sector, the unit of every offset in the format.
+pub const SECTOR_SIZE: u64 = 512;
+/// Bytes in a footer.
+pub const FOOTER_SIZE: usize = 512;
+/// Bytes in the dynamic header.
+pub const DYN_HEADER_SIZE: usize = 1024;
+/// Block offsets are 32-bit sector numbers: no block can start at or past
+/// this byte offset (2 TiB).
+pub const MAX_BLOCK_FILE_OFFSET: u64 = (u32::MAX as u64) * SECTOR_SIZE;
+/// The largest disk Microsoft's tools make in this format (2040 GiB); the
+/// limit `create` enforces for every type.
+pub const MAX_DISK_SIZE: u64 = 2040 * 1024 * 1024 * 1024;
+/// The most blocks a dynamic disk may have (2^26, a 256 MiB BAT).
+pub const MAX_BLOCKS: u64 = 1 << 26;
+
+pub use bat::UNALLOCATED;
+pub use dyn_header::DynHeader;
+pub use footer::{DiskType, Footer};
+pub use geometry::Geometry;
+pub use locator::{LocatorEntry, Platform};
+pub use timestamp::Timestamp;

@@ -1,0 +1,430 @@
+//! The driver: open, create, read, write, flush and close fixed, dynamic
+//! and differencing images. It decides what bytes go where; a
+//! [`Storage`](crate::storage::Storage) moves them.
+
+mod create;
+mod cursor;
+mod open;
+mod parent;
+mod sparse;
+
+pub use create::{CreateOptions, SizeRule};
+pub use cursor::Cursor;
+pub use open::OpenOptions;
+pub use parent::{ParentSource, windows_path_to_local};
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::bat::UNALLOCATED;
+use crate::format::{DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE};
+use crate::rules::Finding;
+use crate::storage::Storage;
+use sparse::{Source, Sparse};
+
+/// How the data of an image is laid out.
+#[derive(Debug)]
+enum Layout {
+    /// Guest bytes at the same offsets in the file.
+    Fixed,
+    /// Dynamic or differencing: header, BAT, blocks.
+    Sparse(Sparse),
+}
+
+/// An open VHD image (with its parent chain, for a differencing image).
+///
+/// Reads and writes take guest byte offsets; any alignment works. Writes
+/// reach the file at once; metadata (BAT, bitmaps) is written by
+/// [`Image::flush`], which [`Image::close`] and dropping also do.
+pub struct Image {
+    storage: Box<dyn Storage>,
+    name: String,
+    path: Option<PathBuf>,
+    footer: Footer,
+    footer_bytes: [u8; FOOTER_SIZE],
+    /// Offset of the trailing footer (for fixed images, where data ends).
+    footer_offset: u64,
+    layout: Layout,
+    parent: Option<Box<Image>>,
+    parent_source: Option<ParentSource>,
+    writable: bool,
+    findings: Vec<Finding>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("name", &self.name)
+            .field("disk_type", &self.footer.disk_type)
+            .field("size", &self.footer.current_size)
+            .field("writable", &self.writable)
+            .field("parent", &self.parent)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One extent of a [`Image::map`]: a guest range and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Extent {
+    /// Guest offset.
+    pub offset: u64,
+    /// Bytes.
+    pub length: u64,
+    /// `true` if some image of the chain holds data here; `false` reads as zeros.
+    pub data: bool,
+    /// Depth in the chain of the image holding the data (0 = this image).
+    pub depth: Option<usize>,
+    /// Offset in that image's file.
+    pub file_offset: Option<u64>,
+}
+
+impl Image {
+    /// Opens an image read-only with a shared lock (parents found through
+    /// their locators). See [`OpenOptions`] for more control.
+    pub fn open(path: impl AsRef<Path>) -> Result<Image> {
+        OpenOptions::new().open(path)
+    }
+
+    /// Opens an image for reading and writing with an exclusive lock.
+    pub fn open_rw(path: impl AsRef<Path>) -> Result<Image> {
+        OpenOptions::new().write(true).open(path)
+    }
+
+    /// The guest size in bytes (`current_size`).
+    pub fn size(&self) -> u64 {
+        self.footer.current_size
+    }
+
+    /// The footer in use.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The kind of image.
+    pub fn disk_type(&self) -> DiskType {
+        self.footer.disk_type
+    }
+
+    /// The dynamic header, for dynamic and differencing images.
+    pub fn dyn_header(&self) -> Option<&DynHeader> {
+        match &self.layout {
+            Layout::Sparse(s) => Some(&s.header),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// Offset of the dynamic header in the file.
+    pub fn dyn_header_offset(&self) -> Option<u64> {
+        match &self.layout {
+            Layout::Sparse(s) => Some(s.header_offset),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// Block size for dynamic and differencing images.
+    pub fn block_size(&self) -> Option<u32> {
+        self.dyn_header().map(|h| h.block_size)
+    }
+
+    /// Number of blocks covering the disk and how many are allocated.
+    pub fn block_counts(&self) -> Option<(usize, usize)> {
+        match &self.layout {
+            Layout::Sparse(s) => Some((s.bat.len(), s.allocated_blocks())),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// The BAT entries covering the disk (dynamic and differencing).
+    pub fn bat(&self) -> Option<&[u32]> {
+        match &self.layout {
+            Layout::Sparse(s) => Some(&s.bat),
+            Layout::Fixed => None,
+        }
+    }
+
+    /// The name used in messages (the path as given).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The path the image was opened from, if it came from a file.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The parent of a differencing image.
+    pub fn parent(&self) -> Option<&Image> {
+        self.parent.as_deref()
+    }
+
+    /// How the parent was found.
+    pub fn parent_source(&self) -> Option<&ParentSource> {
+        self.parent_source.as_ref()
+    }
+
+    /// The images of the chain, this one first.
+    pub fn chain(&self) -> Vec<&Image> {
+        let mut out = vec![self];
+        let mut cur = self;
+        while let Some(p) = cur.parent() {
+            out.push(p);
+            cur = p;
+        }
+        out
+    }
+
+    /// Whether writes are allowed.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Warnings found when opening (rules of severity warning), this image only.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Offset of the trailing footer in the file.
+    pub fn footer_offset(&self) -> u64 {
+        self.footer_offset
+    }
+
+    /// Reads guest bytes at `offset` into `buf`.
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        match &mut self.layout {
+            Layout::Fixed => self
+                .storage
+                .read_exact_at(buf, offset)
+                .map_err(|e| Error::io(format!("reading {} at offset {offset}", self.name), e)),
+            Layout::Sparse(sparse) => {
+                let block_size = sparse.block_size;
+                let mut pos = 0usize;
+                while pos < buf.len() {
+                    let guest = offset + pos as u64;
+                    let n = (block_size - guest % block_size).min((buf.len() - pos) as u64) as usize;
+                    let Some(chunk) = buf.get_mut(pos..pos + n) else { break };
+                    for (run_off, run_len, source) in sparse.runs(&mut *self.storage, guest, n as u64)? {
+                        let start = (run_off - guest) as usize;
+                        let Some(dst) = chunk.get_mut(start..start + run_len as usize) else {
+                            break;
+                        };
+                        match source {
+                            Source::File(at) => self.storage.read_exact_at(dst, at).map_err(|e| {
+                                Error::io(format!("reading {} at file offset {at}", self.name), e)
+                            })?,
+                            Source::Absent => match &mut self.parent {
+                                Some(p) => p.read_at(run_off, dst)?,
+                                None => dst.fill(0),
+                            },
+                        }
+                    }
+                    pos += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `data` at guest `offset`. Partial sectors are merged with what
+    /// the disk reads there. A differencing image never writes its parent.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly {
+                reason: format!("{} was opened read-only", self.name),
+            });
+        }
+        self.check_range(offset, data.len() as u64)?;
+        if matches!(self.layout, Layout::Fixed) {
+            return self
+                .storage
+                .write_all_at(data, offset)
+                .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.name), e));
+        }
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let guest = offset + pos as u64;
+            let rest = &data[pos..];
+            let in_sector = guest % SECTOR_SIZE;
+            if in_sector != 0 || (rest.len() as u64) < SECTOR_SIZE {
+                // A partial sector: read, merge, write back whole.
+                let start = guest - in_sector;
+                let mut sector = [0u8; SECTOR_SIZE as usize];
+                self.read_at(start, &mut sector)?;
+                let n = ((SECTOR_SIZE - in_sector) as usize).min(rest.len());
+                sector[in_sector as usize..in_sector as usize + n].copy_from_slice(&rest[..n]);
+                self.write_sectors(start, &sector)?;
+                pos += n;
+            } else {
+                let n = (rest.len() as u64 / SECTOR_SIZE * SECTOR_SIZE) as usize;
+                self.write_sectors(guest, &rest[..n])?;
+                pos += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whole sectors at a sector-aligned guest offset, block by block.
+    fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let Layout::Sparse(sparse) = &mut self.layout else {
+            return Err(Error::InvalidArgument("write_sectors on a fixed image".into()));
+        };
+        let block_size = sparse.block_size;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let guest = offset + pos as u64;
+            let n = (block_size - guest % block_size).min((data.len() - pos) as u64) as usize;
+            sparse.write_block(&mut *self.storage, &self.footer_bytes, guest, &data[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Makes every write so far durable, writing metadata in the documented
+    /// order (see the `sparse` module). A no-op on read-only images.
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        if let Layout::Sparse(sparse) = &mut self.layout {
+            sparse.write_metadata(&mut *self.storage)?;
+        }
+        self.storage
+            .sync()
+            .map_err(|e| Error::io(format!("syncing {}", self.name), e))
+    }
+
+    /// Flushes and closes, reporting any error (dropping also flushes, but
+    /// can only ignore errors).
+    pub fn close(mut self) -> Result<()> {
+        let result = self.flush();
+        self.writable = false;
+        result
+    }
+
+    /// Returns the storage (after a flush), for tests that reopen images
+    /// kept in memory.
+    pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
+        self.flush()?;
+        self.writable = false;
+        let storage = std::mem::replace(&mut self.storage, Box::new(crate::storage::MemStorage::new()));
+        Ok(storage)
+    }
+
+    /// Takes the parent out of the image (used by commit and by tests).
+    pub fn take_parent(&mut self) -> Option<Image> {
+        self.parent.take().map(|b| *b)
+    }
+
+    /// The extents of the disk: runs of guest bytes with where they come from.
+    pub fn map(&mut self) -> Result<Vec<Extent>> {
+        let size = self.size();
+        let mut out: Vec<Extent> = Vec::new();
+        self.map_range(0, size, 0, &mut out)?;
+        Ok(out)
+    }
+
+    fn map_range(&mut self, offset: u64, len: u64, depth: usize, out: &mut Vec<Extent>) -> Result<()> {
+        let push = |out: &mut Vec<Extent>, e: Extent| {
+            if let Some(last) = out.last_mut() {
+                let contiguous_file = match (last.file_offset, e.file_offset) {
+                    (Some(a), Some(b)) => a + last.length == b,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if last.offset + last.length == e.offset
+                    && last.data == e.data
+                    && last.depth == e.depth
+                    && contiguous_file
+                {
+                    last.length += e.length;
+                    return;
+                }
+            }
+            out.push(e);
+        };
+        match &mut self.layout {
+            Layout::Fixed => {
+                push(out, Extent {
+                    offset,
+                    length: len,
+                    data: true,
+                    depth: Some(depth),
+                    file_offset: Some(offset),
+                });
+                Ok(())
+            }
+            Layout::Sparse(sparse) => {
+                let block_size = sparse.block_size;
+                let mut pos = offset;
+                let end = offset + len;
+                while pos < end {
+                    let n = (block_size - pos % block_size).min(end - pos);
+                    for (o, l, s) in sparse.runs(&mut *self.storage, pos, n)? {
+                        match s {
+                            Source::File(at) => push(out, Extent {
+                                offset: o,
+                                length: l,
+                                data: true,
+                                depth: Some(depth),
+                                file_offset: Some(at),
+                            }),
+                            Source::Absent => match &mut self.parent {
+                                Some(p) => {
+                                    let mut sub = Vec::new();
+                                    p.map_range(o, l, depth + 1, &mut sub)?;
+                                    for e in sub {
+                                        push(out, e);
+                                    }
+                                }
+                                None => push(out, Extent {
+                                    offset: o,
+                                    length: l,
+                                    data: false,
+                                    depth: None,
+                                    file_offset: None,
+                                }),
+                            },
+                        }
+                    }
+                    pos += n;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the guest range `offset..offset+len` holds data anywhere in
+    /// the chain (false: it reads as zeros without touching any file).
+    pub fn is_allocated(&self, offset: u64) -> bool {
+        match &self.layout {
+            Layout::Fixed => true,
+            Layout::Sparse(s) => {
+                let block = usize::try_from(offset / s.block_size).unwrap_or(usize::MAX);
+                s.bat.get(block).is_some_and(|&e| e != UNALLOCATED)
+                    || self.parent.as_ref().is_some_and(|p| p.is_allocated(offset))
+            }
+        }
+    }
+
+    /// A `Read + Write + Seek` view of the guest disk.
+    pub fn cursor(&mut self) -> Cursor<'_> {
+        Cursor::new(self)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange { offset, len, size }),
+        }
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if self.writable {
+            // Best effort: callers who care about errors call close().
+            let _ = self.flush();
+        }
+    }
+}

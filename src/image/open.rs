@@ -1,0 +1,433 @@
+//! Opening an image: find the footer, validate every size, offset and
+//! count against the file before using it, load the BAT, resolve the parent.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::bat::{UNALLOCATED, bat_size_on_disk, parse_bat};
+use crate::format::{DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, MAX_BLOCKS, SECTOR_SIZE};
+use crate::rules::{Finding, Rule};
+use crate::storage::{FileStorage, LockMode, OpenError, Storage};
+
+use super::parent::{self, ChainGuard, ParentSource};
+use super::sparse::Sparse;
+use super::{Image, Layout};
+
+/// How deep a chain may be (PAR-DEPTH).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// Options for opening an image.
+///
+/// ```no_run
+/// use vhdref::OpenOptions;
+/// let mut img = OpenOptions::new().write(true).open("disk.vhd")?;
+/// img.write_at(0, &[1, 2, 3])?;
+/// img.close()?;
+/// # Ok::<(), vhdref::Error>(())
+/// ```
+#[derive(Default)]
+pub struct OpenOptions {
+    pub(crate) write: bool,
+    pub(crate) parent_path: Option<PathBuf>,
+    pub(crate) parent_image: Option<Image>,
+    pub(crate) ignore_parent_id: bool,
+    pub(crate) allowed_dirs: Option<Vec<PathBuf>>,
+    pub(crate) parent_writable: bool,
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions")
+            .field("write", &self.write)
+            .field("parent_path", &self.parent_path)
+            .field("ignore_parent_id", &self.ignore_parent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenOptions {
+    /// Read-only, parents found through locators, IDs checked.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Open for writing (exclusive lock) instead of reading (shared lock).
+    #[must_use]
+    pub fn write(mut self, write: bool) -> Self {
+        self.write = write;
+        self
+    }
+
+    /// Use this file as the parent of a differencing image, before any
+    /// locator (step 1 of the resolution order).
+    #[must_use]
+    pub fn parent(mut self, path: impl Into<PathBuf>) -> Self {
+        self.parent_path = Some(path.into());
+        self
+    }
+
+    /// Use this already-open image as the parent (for images in memory).
+    #[must_use]
+    pub fn parent_image(mut self, parent: Image) -> Self {
+        self.parent_image = Some(parent);
+        self
+    }
+
+    /// Accept a parent whose unique ID differs from the one the child
+    /// records (PAR-UNIQUE-ID becomes a warning). For people who know better.
+    #[must_use]
+    pub fn ignore_parent_id(mut self, ignore: bool) -> Self {
+        self.ignore_parent_id = ignore;
+        self
+    }
+
+    /// Follow locators only to files inside these directories. By default
+    /// a locator may point anywhere the caller could open; with this set,
+    /// a locator outside is reported in the PAR-NOT-FOUND error, never
+    /// followed silently.
+    #[must_use]
+    pub fn allow_parent_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.allowed_dirs = Some(dirs);
+        self
+    }
+
+    /// Open the parent for writing too (used by commit).
+    #[must_use]
+    pub(crate) fn parent_writable(mut self, yes: bool) -> Self {
+        self.parent_writable = yes;
+        self
+    }
+
+    /// Opens the image file at `path`, locking it.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Image> {
+        let mut guard = ChainGuard::default();
+        self.open_path(path.as_ref(), &mut guard)
+    }
+
+    pub(crate) fn open_path(self, path: &Path, guard: &mut ChainGuard) -> Result<Image> {
+        let name = path.display().to_string();
+        guard.enter(path)?;
+        let storage = open_file(path, self.write)?;
+        let mut image = self.open_inner(Box::new(storage), name, Some(path.to_path_buf()), guard)?;
+        image.path = Some(path.to_path_buf());
+        Ok(image)
+    }
+
+    /// Opens an image held by any storage; `name` is used in messages.
+    /// Parents are looked for relative to the current directory unless
+    /// given with [`OpenOptions::parent`] or [`OpenOptions::parent_image`].
+    pub fn open_storage(self, storage: Box<dyn Storage>, name: impl Into<String>) -> Result<Image> {
+        let mut guard = ChainGuard::default();
+        self.open_inner(storage, name.into(), None, &mut guard)
+    }
+
+    pub(crate) fn open_inner(
+        mut self,
+        storage: Box<dyn Storage>,
+        name: String,
+        path: Option<PathBuf>,
+        guard: &mut ChainGuard,
+    ) -> Result<Image> {
+        let mut findings = Vec::new();
+        let located = locate_footer(&*storage, &mut findings)?;
+        let footer = located.footer;
+        findings.extend(footer.lint());
+        if self.write && located.from_copy {
+            return Err(Error::ReadOnly {
+                reason: format!(
+                    "{name}: the trailing footer is damaged and only the copy at offset 0 is valid (FTR-TRAILING); open it read-only to read it"
+                ),
+            });
+        }
+        let layout = match footer.disk_type {
+            DiskType::Fixed => {
+                let data_len = located.offset;
+                if data_len < footer.current_size {
+                    return Err(Error::FixedLength {
+                        current_size: footer.current_size,
+                        data_len,
+                    });
+                }
+                if data_len > footer.current_size {
+                    findings.push(Finding::new(
+                        Rule::FtrFixedSlack,
+                        format!(
+                            "{} bytes lie between the end of the data ({}) and the footer",
+                            data_len - footer.current_size,
+                            footer.current_size
+                        ),
+                    ));
+                }
+                Layout::Fixed
+            }
+            DiskType::Dynamic | DiskType::Differencing => {
+                Layout::Sparse(load_sparse(&*storage, &footer, located.offset, &mut findings)?)
+            }
+        };
+        let mut image = Image {
+            storage,
+            name,
+            path: path.clone(),
+            footer_bytes: footer.to_bytes(),
+            footer,
+            footer_offset: located.offset,
+            layout,
+            parent: None,
+            parent_source: None,
+            writable: self.write,
+            findings,
+        };
+        if image.footer.disk_type == DiskType::Differencing {
+            let (parent, source) = match self.parent_image.take() {
+                Some(p) => {
+                    let name = p.name().to_string();
+                    (p, ParentSource::Caller(name))
+                }
+                None => parent::resolve(&mut image, &self, path.as_deref(), guard)?,
+            };
+            parent::check_parent(&mut image, &parent, self.ignore_parent_id)?;
+            image.parent = Some(Box::new(parent));
+            image.parent_source = Some(source);
+        }
+        Ok(image)
+    }
+}
+
+fn open_file(path: &Path, write: bool) -> Result<FileStorage> {
+    FileStorage::open(path, write).map_err(|e| file_open_error(path, e))
+}
+
+/// Turns a storage open failure into an error naming the image.
+pub(crate) fn file_open_error(path: &Path, e: OpenError) -> Error {
+    match e {
+        OpenError::Io(e) => Error::io(format!("opening {}", path.display()), e),
+        OpenError::Locked(mode) => Error::Locked {
+            path: path.display().to_string(),
+            reason: lock_name(mode).to_string(),
+        },
+    }
+}
+
+/// The footer in use and where it is.
+struct Located {
+    footer: Footer,
+    /// Offset of the trailing footer (or where it should be).
+    offset: u64,
+    /// The footer came from the copy at offset 0.
+    from_copy: bool,
+}
+
+/// Finds the footer: the last 512 bytes; else a 511-byte footer of an old
+/// fixed image; else the copy at offset 0 of a dynamic or differencing
+/// image (read-only, FTR-TRAILING). The first error is the one reported.
+fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<Located> {
+    let len = storage.len().map_err(|e| Error::io("reading the file length", e))?;
+    if len < FOOTER_SIZE as u64 - 1 {
+        return Err(Error::FooterSize { len });
+    }
+    let read = |offset: u64, n: usize| -> Result<[u8; FOOTER_SIZE]> {
+        let mut buf = [0u8; FOOTER_SIZE];
+        storage
+            .read_exact_at(&mut buf[..n], offset)
+            .map_err(|e| Error::io("reading the footer", e))?;
+        Ok(buf)
+    };
+    let trailing = if len >= FOOTER_SIZE as u64 {
+        Footer::parse(&read(len - FOOTER_SIZE as u64, FOOTER_SIZE)?)
+    } else {
+        Err(Error::FooterSize { len })
+    };
+    let first_error = match trailing {
+        Ok(footer) => {
+            let offset = len - FOOTER_SIZE as u64;
+            if footer.disk_type.is_sparse() {
+                let copy = Footer::parse(&read(0, FOOTER_SIZE)?);
+                if copy.as_ref().ok() != Some(&footer) {
+                    findings.push(Finding::new(
+                        Rule::FtrCopyMismatch,
+                        match copy {
+                            Ok(_) => "the footer copy at offset 0 differs from the trailing footer".to_string(),
+                            Err(e) => format!("the footer copy at offset 0 is not valid: {e}"),
+                        },
+                    ));
+                }
+            }
+            return Ok(Located {
+                footer,
+                offset,
+                from_copy: false,
+            });
+        }
+        Err(e) => e,
+    };
+    // An old writer's 511-byte footer: the missing last byte is reserved.
+    let short = Footer::parse(&read(len - (FOOTER_SIZE as u64 - 1), FOOTER_SIZE - 1)?);
+    if let Ok(footer) = short {
+        if footer.disk_type == DiskType::Fixed {
+            findings.push(Finding::new(Rule::Ftr511, "the footer is 511 bytes long"));
+            return Ok(Located {
+                footer,
+                offset: len - (FOOTER_SIZE as u64 - 1),
+                from_copy: false,
+            });
+        }
+    }
+    if len >= FOOTER_SIZE as u64 * 2 {
+        if let Ok(footer) = Footer::parse(&read(0, FOOTER_SIZE)?) {
+            if footer.disk_type.is_sparse() {
+                findings.push(Finding::new(
+                    Rule::FtrTrailing,
+                    format!("the trailing footer is not valid ({first_error}); using the copy at offset 0, read-only"),
+                ));
+                return Ok(Located {
+                    footer,
+                    offset: len,
+                    from_copy: true,
+                });
+            }
+        }
+    }
+    Err(first_error)
+}
+
+/// Reads and validates the dynamic header and the BAT.
+fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findings: &mut Vec<Finding>) -> Result<Sparse> {
+    let header_offset = footer.data_offset;
+    let header_end = header_offset.checked_add(DYN_HEADER_SIZE as u64);
+    if header_offset < FOOTER_SIZE as u64 || header_end.is_none_or(|end| end > footer_offset) {
+        return Err(Error::FooterDataOffset {
+            offset: header_offset,
+            reason: format!(
+                "does not leave room for a 1024-byte dynamic header between the footer copy and the trailing footer at {footer_offset:#x}"
+            ),
+        });
+    }
+    let mut bytes = [0u8; DYN_HEADER_SIZE];
+    storage
+        .read_exact_at(&mut bytes, header_offset)
+        .map_err(|e| Error::io("reading the dynamic header", e))?;
+    let header = DynHeader::parse(&bytes, header_offset)?;
+    findings.extend(header.lint());
+
+    let block_size = u64::from(header.block_size);
+    let used = footer.current_size.div_ceil(block_size);
+    if used > MAX_BLOCKS {
+        return Err(Error::MaxTableEntries {
+            entries: header.max_table_entries,
+            reason: format!("the disk needs {used} blocks of {block_size} bytes, more than the bound of {MAX_BLOCKS}"),
+        });
+    }
+    if u64::from(header.max_table_entries) < used {
+        return Err(Error::MaxTableEntries {
+            entries: header.max_table_entries,
+            reason: format!(
+                "current size {} needs {used} blocks of {block_size} bytes",
+                footer.current_size
+            ),
+        });
+    }
+    let table_offset = header.table_offset;
+    let table_bytes = u64::from(header.max_table_entries) * 4;
+    let table_end = table_offset.checked_add(table_bytes);
+    if table_offset < FOOTER_SIZE as u64 || table_end.is_none_or(|end| end > footer_offset) {
+        return Err(Error::TableOffset {
+            offset: table_offset,
+            reason: format!(
+                "a table of {} entries ({table_bytes} bytes) does not fit between the footer copy and the trailing footer at {footer_offset:#x}",
+                header.max_table_entries
+            ),
+        });
+    }
+    let table_end = table_offset + table_bytes;
+    if table_offset < header_offset + DYN_HEADER_SIZE as u64 && header_offset < table_end {
+        return Err(Error::TableOffset {
+            offset: table_offset,
+            reason: format!("overlaps the dynamic header at {header_offset:#x}"),
+        });
+    }
+    let mut raw = vec![0u8; usize::try_from(used * 4).unwrap_or(0)];
+    storage
+        .read_exact_at(&mut raw, table_offset)
+        .map_err(|e| Error::io("reading the BAT", e))?;
+    let bat = parse_bat(&raw);
+
+    let bitmap_size = header.bitmap_size();
+    let span = bitmap_size + block_size;
+    // Regions that blocks must not overlap: copy, header, BAT, locator data.
+    let mut regions: Vec<(u64, u64, String)> = vec![
+        (0, FOOTER_SIZE as u64, "the footer copy".to_string()),
+        (header_offset, header_offset + DYN_HEADER_SIZE as u64, "the dynamic header".to_string()),
+        (
+            table_offset,
+            table_offset + bat_size_on_disk(header.max_table_entries).min(footer_offset - table_offset),
+            "the BAT".to_string(),
+        ),
+    ];
+    let mut next_free = footer_offset.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+    for r in &regions {
+        next_free = next_free.max(r.1.div_ceil(SECTOR_SIZE) * SECTOR_SIZE);
+    }
+    if footer.disk_type == DiskType::Differencing {
+        for (i, loc) in header.parent_locators.iter().enumerate() {
+            if !loc.is_used() {
+                continue;
+            }
+            let start = loc.platform_data_offset;
+            let len = loc.data_space_bytes().max(u64::from(loc.platform_data_length));
+            if let Some(end) = start.checked_add(len).filter(|&end| end <= footer_offset) {
+                regions.push((start, end, format!("parent locator {i}")));
+            }
+        }
+    }
+    let mut blocks: Vec<(u64, u64, u32, u32)> = Vec::new();
+    for (i, &entry) in bat.iter().enumerate() {
+        if entry == UNALLOCATED {
+            continue;
+        }
+        let block = u32::try_from(i).unwrap_or(u32::MAX);
+        let start = u64::from(entry) * SECTOR_SIZE;
+        let end = start + span;
+        if end > footer_offset {
+            return Err(Error::BatEntryBeyondEof {
+                block,
+                sector: entry,
+                end,
+                limit: footer_offset,
+            });
+        }
+        for (rs, re, what) in &regions {
+            if start < *re && *rs < end {
+                return Err(Error::BatEntryOverlap {
+                    block,
+                    sector: entry,
+                    other: what.clone(),
+                });
+            }
+        }
+        blocks.push((start, end, block, entry));
+    }
+    blocks.sort_unstable();
+    for pair in blocks.windows(2) {
+        if let [a, b] = pair {
+            if b.0 < a.1 {
+                return Err(Error::BatEntryOverlap {
+                    block: b.2,
+                    sector: b.3,
+                    other: format!("block {} at sector {:#x}", a.2, a.3),
+                });
+            }
+        }
+    }
+    if let Some(last) = blocks.last() {
+        next_free = next_free.max(last.1);
+    }
+    Ok(Sparse::new(header, header_offset, bat, next_free))
+}
+
+/// The lock mode name for messages.
+pub(crate) fn lock_name(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Shared => "it is open for writing elsewhere (a shared lock for reading was refused)",
+        LockMode::Exclusive => "it is open elsewhere (a writer needs an exclusive lock)",
+    }
+}

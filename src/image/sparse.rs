@@ -1,0 +1,245 @@
+//! The block layer of dynamic and differencing images: the BAT held in
+//! memory, the cache of sector bitmaps, and allocation.
+//!
+//! # Write order
+//!
+//! Guest writes to a block go straight to the file. Metadata waits in
+//! memory until [`Sparse::flush`], which writes it behind barriers:
+//!
+//! 1. allocating a block writes the footer at the block's new end of file
+//!    first, so the file always ends with a valid footer (the old footer is
+//!    left inside the new block's bitmap area, where nothing reads it);
+//! 2. guest data is written into the block's data area;
+//! 3. flush: `sync` (data and footers durable), then the dirty bitmaps,
+//!    then `sync`, then the dirty BAT entries, then `sync`.
+//!
+//! So at any cut the BAT on disk points only at blocks whose bitmap is on
+//! disk, and a bitmap bit is set only for sectors whose data is on disk: a
+//! sector reads either its old or its new contents. A block allocated but
+//! never flushed is leaked space, which the checker reports. The crash
+//! tests cut every write sequence at every point to prove this.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::error::{Error, Result};
+use crate::format::bat::{UNALLOCATED, bat_size_on_disk};
+use crate::format::{DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap};
+use crate::storage::Storage;
+
+/// Bitmaps kept in memory at most (bounded memory); when full, the cache is
+/// flushed and emptied.
+const BITMAP_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug)]
+struct CachedBitmap {
+    bits: Vec<u8>,
+    dirty: bool,
+}
+
+/// Where the sectors of one guest range come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Data in this image's file at this byte offset.
+    File(u64),
+    /// Not in this image: zeros (dynamic) or the parent (differencing).
+    Absent,
+}
+
+/// The in-memory state of a dynamic or differencing image.
+#[derive(Debug)]
+pub(crate) struct Sparse {
+    pub(crate) header: DynHeader,
+    pub(crate) header_offset: u64,
+    /// Entries for the blocks that cover `current_size` (the table on disk
+    /// may be longer; entries past the disk are never touched).
+    pub(crate) bat: Vec<u32>,
+    pub(crate) block_size: u64,
+    pub(crate) bitmap_size: u64,
+    /// Where the next block goes: the offset of the trailing footer.
+    pub(crate) next_free: u64,
+    dirty_bat: BTreeSet<usize>,
+    bitmaps: HashMap<usize, CachedBitmap>,
+}
+
+impl Sparse {
+    pub(crate) fn new(header: DynHeader, header_offset: u64, bat: Vec<u32>, next_free: u64) -> Self {
+        let block_size = u64::from(header.block_size);
+        let bitmap_size = header.bitmap_size();
+        Sparse {
+            header,
+            header_offset,
+            bat,
+            block_size,
+            bitmap_size,
+            next_free,
+            dirty_bat: BTreeSet::new(),
+            bitmaps: HashMap::new(),
+        }
+    }
+
+    /// Number of allocated blocks.
+    pub(crate) fn allocated_blocks(&self) -> usize {
+        self.bat.iter().filter(|&&e| e != UNALLOCATED).count()
+    }
+
+    /// Whether metadata is waiting for a flush.
+    pub(crate) fn is_dirty(&self) -> bool {
+        !self.dirty_bat.is_empty() || self.bitmaps.values().any(|b| b.dirty)
+    }
+
+    fn entry(&self, block: usize) -> u32 {
+        self.bat.get(block).copied().unwrap_or(UNALLOCATED)
+    }
+
+    fn bitmap(&mut self, storage: &mut dyn Storage, block: usize) -> Result<&mut CachedBitmap> {
+        if !self.bitmaps.contains_key(&block) {
+            if (self.bitmaps.len() as u64 + 1) * self.bitmap_size > BITMAP_CACHE_BYTES {
+                self.write_metadata(storage)?;
+                self.bitmaps.clear();
+            }
+            let entry = self.entry(block);
+            let mut bits = vec![0u8; usize::try_from(self.bitmap_size).unwrap_or(0)];
+            storage
+                .read_exact_at(&mut bits, u64::from(entry) * SECTOR_SIZE)
+                .map_err(|e| Error::io(format!("reading the bitmap of block {block}"), e))?;
+            self.bitmaps.insert(block, CachedBitmap { bits, dirty: false });
+        }
+        self.bitmaps
+            .get_mut(&block)
+            .ok_or_else(|| Error::InvalidArgument("bitmap cache lost an entry".into()))
+    }
+
+    /// Splits `offset..offset+len` (inside one block) into runs that come
+    /// from one source: `(guest_offset, len, source)` in order.
+    pub(crate) fn runs(&mut self, storage: &mut dyn Storage, offset: u64, len: u64) -> Result<Vec<(u64, u64, Source)>> {
+        let block = usize::try_from(offset / self.block_size).unwrap_or(usize::MAX);
+        let in_block = offset % self.block_size;
+        let entry = self.entry(block);
+        if entry == UNALLOCATED {
+            return Ok(vec![(offset, len, Source::Absent)]);
+        }
+        let data_start = u64::from(entry) * SECTOR_SIZE + self.bitmap_size;
+        let bits = &self.bitmap(storage, block)?.bits;
+        let end = in_block + len;
+        let last_sector = (end - 1) / SECTOR_SIZE;
+        let mut out = Vec::new();
+        let mut pos = in_block;
+        while pos < end {
+            let sector = pos / SECTOR_SIZE;
+            let run_sectors = bitmap::run_length(bits, sector, last_sector + 1);
+            let run_end = ((sector + run_sectors) * SECTOR_SIZE).min(end);
+            let source = if bitmap::get(bits, sector) {
+                Source::File(data_start + pos)
+            } else {
+                Source::Absent
+            };
+            out.push((offset - in_block + pos, run_end - pos, source));
+            pos = run_end;
+        }
+        Ok(out)
+    }
+
+    /// Writes whole sectors `data` at guest `offset` (inside one block),
+    /// allocating the block if needed; sets their bitmap bits (in memory).
+    pub(crate) fn write_block(
+        &mut self,
+        storage: &mut dyn Storage,
+        footer: &[u8; 512],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let block = usize::try_from(offset / self.block_size).unwrap_or(usize::MAX);
+        let in_block = offset % self.block_size;
+        let mut entry = self.entry(block);
+        if entry == UNALLOCATED {
+            entry = self.allocate(storage, footer, block)?;
+        }
+        let data_start = u64::from(entry) * SECTOR_SIZE + self.bitmap_size;
+        storage
+            .write_all_at(data, data_start + in_block)
+            .map_err(|e| Error::io(format!("writing data of block {block}"), e))?;
+        let first = in_block / SECTOR_SIZE;
+        let last = (in_block + data.len() as u64).div_ceil(SECTOR_SIZE);
+        let cached = self.bitmap(storage, block)?;
+        if bitmap::set_range(&mut cached.bits, first, last) {
+            cached.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Step 1 of the write order: a new block at the end of the file.
+    fn allocate(&mut self, storage: &mut dyn Storage, footer: &[u8; 512], block: usize) -> Result<u32> {
+        let start = self.next_free;
+        let end = start + self.bitmap_size + self.block_size;
+        let sector = u32::try_from(start / SECTOR_SIZE)
+            .ok()
+            .filter(|&s| s != UNALLOCATED && start < MAX_BLOCK_FILE_OFFSET)
+            .ok_or_else(|| Error::SizeLimit {
+                requested: end,
+                limit: MAX_BLOCK_FILE_OFFSET,
+                reason: "a block would start past 2 TiB, which a 32-bit BAT entry cannot address".into(),
+            })?;
+        storage
+            .write_all_at(footer, end)
+            .map_err(|e| Error::io("writing the footer after a new block", e))?;
+        if let Some(slot) = self.bat.get_mut(block) {
+            *slot = sector;
+        }
+        self.dirty_bat.insert(block);
+        let bits = vec![0u8; usize::try_from(self.bitmap_size).unwrap_or(0)];
+        self.bitmaps.insert(block, CachedBitmap { bits, dirty: true });
+        self.next_free = end;
+        Ok(sector)
+    }
+
+    /// Step 3 of the write order: dirty bitmaps, then dirty BAT entries,
+    /// each behind a sync.
+    pub(crate) fn write_metadata(&mut self, storage: &mut dyn Storage) -> Result<()> {
+        if !self.is_dirty() {
+            return Ok(());
+        }
+        storage.sync().map_err(|e| Error::io("syncing data before metadata", e))?;
+        let mut dirty: Vec<usize> = self
+            .bitmaps
+            .iter()
+            .filter(|(_, b)| b.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        dirty.sort_unstable();
+        for block in dirty {
+            let entry = self.entry(block);
+            if let Some(cached) = self.bitmaps.get_mut(&block) {
+                storage
+                    .write_all_at(&cached.bits, u64::from(entry) * SECTOR_SIZE)
+                    .map_err(|e| Error::io(format!("writing the bitmap of block {block}"), e))?;
+                cached.dirty = false;
+            }
+        }
+        storage.sync().map_err(|e| Error::io("syncing bitmaps before the BAT", e))?;
+        let dirty_bat = std::mem::take(&mut self.dirty_bat);
+        let mut iter = dirty_bat.iter().copied().peekable();
+        while let Some(first) = iter.next() {
+            let mut last = first;
+            while iter.peek() == Some(&(last + 1)) {
+                last += 1;
+                iter.next();
+            }
+            let bytes: Vec<u8> = (first..=last).flat_map(|b| self.entry(b).to_be_bytes()).collect();
+            let at = self.header.table_offset + first as u64 * 4;
+            storage
+                .write_all_at(&bytes, at)
+                .map_err(|e| Error::io("writing the BAT", e))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the BAT on disk.
+    pub(crate) fn bat_bytes_on_disk(&self) -> u64 {
+        bat_size_on_disk(self.header.max_table_entries)
+    }
+
+    /// The BAT entry of a block (for maps and the checker).
+    pub(crate) fn bat_entry(&self, block: usize) -> u32 {
+        self.entry(block)
+    }
+}

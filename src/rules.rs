@@ -1,0 +1,171 @@
+//! The rules an image is judged by, each with a stable ID.
+//!
+//! `spec/rules.md` is the prose for every rule listed here; a test keeps the
+//! two lists equal. A rule has one severity: an [`Severity::Error`] makes
+//! `open` refuse the image (or the part of it, such as one parent locator),
+//! a [`Severity::Warning`] is reported and the image is still usable.
+
+use serde::Serialize;
+
+/// How bad breaking a rule is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The image is still read correctly; something is unusual or leaks space.
+    Warning,
+    /// Corruption or a violation of the format: the image (or this part of
+    /// it) cannot be trusted.
+    Error,
+}
+
+macro_rules! rules {
+    ($( $(#[$doc:meta])* $variant:ident => $id:literal, $sev:ident, $summary:literal; )*) => {
+        /// A rule of the format, named by its stable ID (see `spec/rules.md`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Rule {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Rule {
+            /// Every rule, in the order of `spec/rules.md`.
+            pub const ALL: &'static [Rule] = &[$(Rule::$variant,)*];
+
+            /// The stable ID, e.g. `FTR-CHECKSUM`.
+            pub fn id(self) -> &'static str {
+                match self { $(Rule::$variant => $id,)* }
+            }
+
+            /// Whether breaking the rule is an error or a warning.
+            pub fn severity(self) -> Severity {
+                match self { $(Rule::$variant => Severity::$sev,)* }
+            }
+
+            /// One line saying what the rule demands.
+            pub fn summary(self) -> &'static str {
+                match self { $(Rule::$variant => $summary,)* }
+            }
+
+            /// Looks a rule up by its ID.
+            pub fn from_id(id: &str) -> Option<Rule> {
+                Rule::ALL.iter().copied().find(|r| r.id() == id)
+            }
+        }
+    };
+}
+
+rules! {
+    /// The file must be long enough to hold a footer.
+    FtrSize => "FTR-SIZE", Error, "the file holds at least one 512-byte footer";
+    /// The footer cookie is `conectix`.
+    FtrCookie => "FTR-COOKIE", Error, "the footer starts with the cookie \"conectix\"";
+    /// The footer checksum matches.
+    FtrChecksum => "FTR-CHECKSUM", Error, "the footer checksum is the ones' complement of the byte sum of the footer without its checksum field";
+    /// The file format version is 1.x.
+    FtrVersion => "FTR-VERSION", Error, "the file format version has major version 1";
+    /// The disk type is fixed, dynamic or differencing.
+    FtrDiskType => "FTR-DISK-TYPE", Error, "the disk type is 2 (fixed), 3 (dynamic) or 4 (differencing)";
+    /// The current size is a whole number of sectors.
+    FtrCurrentSize => "FTR-CURRENT-SIZE", Error, "the current size is a multiple of 512 bytes";
+    /// A dynamic or differencing footer points at a dynamic header inside the file.
+    FtrDataOffset => "FTR-DATA-OFFSET", Error, "the data offset of a dynamic or differencing footer points at a dynamic header that lies inside the file, after the footer copy and before the trailing footer";
+    /// The data offset of a fixed image is all ones.
+    FtrFixedDataOffset => "FTR-FIXED-DATA-OFFSET", Warning, "the data offset of a fixed footer is 0xFFFFFFFFFFFFFFFF";
+    /// A fixed image holds its whole data area.
+    FtrFixedLength => "FTR-FIXED-LENGTH", Error, "a fixed image holds current_size bytes of data before its footer";
+    /// A fixed image has nothing between the data and the footer.
+    FtrFixedSlack => "FTR-FIXED-SLACK", Warning, "a fixed image has no bytes between the end of its data and its footer";
+    /// The footer is 512 bytes long.
+    Ftr511 => "FTR-511", Warning, "the trailing footer is 512 bytes (some old writers left 511)";
+    /// The trailing footer is present and valid.
+    FtrTrailing => "FTR-TRAILING", Warning, "a dynamic or differencing image ends with a valid footer (if only the copy at offset 0 is valid, the image opens read-only)";
+    /// The footer copy equals the trailing footer.
+    FtrCopyMismatch => "FTR-COPY-MISMATCH", Warning, "the footer copy at offset 0 of a dynamic or differencing image equals the trailing footer";
+    /// The reserved feature bit is set.
+    FtrFeatures => "FTR-FEATURES", Warning, "the features field has the reserved bit 0x2 set and no unknown bits";
+    /// The image is not in a saved state.
+    FtrSavedState => "FTR-SAVED-STATE", Warning, "the saved-state flag is clear";
+    /// The unique ID is not all zeros.
+    FtrUniqueId => "FTR-UNIQUE-ID", Warning, "the unique ID is not all zeros";
+    /// The stored geometry is what the spec algorithm gives for current_size.
+    GeoAlgorithm => "GEO-ALGORITHM", Warning, "the disk geometry is the one the spec algorithm computes from current_size";
+    /// The dynamic header cookie is `cxsparse`.
+    HdrCookie => "HDR-COOKIE", Error, "the dynamic header starts with the cookie \"cxsparse\"";
+    /// The dynamic header checksum matches.
+    HdrChecksum => "HDR-CHECKSUM", Error, "the dynamic header checksum is the ones' complement of the byte sum of the header without its checksum field";
+    /// The dynamic header version is 1.0.
+    HdrVersion => "HDR-VERSION", Error, "the dynamic header version has major version 1";
+    /// The dynamic header's own data offset is unused.
+    HdrDataOffset => "HDR-DATA-OFFSET", Warning, "the data offset of the dynamic header is 0xFFFFFFFFFFFFFFFF";
+    /// The block size is a power of two within the accepted range.
+    HdrBlockSize => "HDR-BLOCK-SIZE", Error, "the block size is a power of two from 512 bytes to 1 GiB";
+    /// The BAT has an entry for every block of the disk, within bounds.
+    HdrMaxTableEntries => "HDR-MAX-TABLE-ENTRIES", Error, "max_table_entries covers current_size and the disk has at most 2^26 blocks";
+    /// The BAT lies inside the file, apart from the header and footers.
+    HdrTableOffset => "HDR-TABLE-OFFSET", Error, "the BAT lies inside the file, sector aligned, and overlaps neither the footers nor the dynamic header";
+    /// Every allocated block lies inside the file.
+    BatEntryBeyondEof => "BAT-ENTRY-BEYOND-EOF", Error, "every allocated block (bitmap and data) ends before the trailing footer";
+    /// Allocated blocks overlap nothing.
+    BatEntryOverlap => "BAT-ENTRY-OVERLAP", Error, "no allocated block overlaps another block, the dynamic header, the BAT or a footer";
+    /// BAT entries past the end of the disk are unallocated.
+    BatEntryUnused => "BAT-ENTRY-UNUSED", Warning, "BAT entries for blocks past current_size are unallocated (0xFFFFFFFF)";
+    /// Parent locators lie inside the file.
+    ParLocatorBounds => "PAR-LOCATOR-BOUNDS", Warning, "a parent locator's data lies inside the file and is at most 64 KiB";
+    /// Parent locators use a known platform code.
+    ParLocatorPlatform => "PAR-LOCATOR-PLATFORM", Warning, "a parent locator's platform code is W2ru, W2ku, Wi2r, Wi2k, Mac , MacX or none";
+    /// Parent locator data decodes as text.
+    ParLocatorEncoding => "PAR-LOCATOR-ENCODING", Warning, "a parent locator's data is UTF-16LE (W2ru, W2ku) or UTF-8 (Mac, MacX) text";
+    /// The parent name decodes as UTF-16.
+    ParName => "PAR-NAME", Warning, "the parent unicode name is valid UTF-16 big-endian";
+    /// A differencing image's parent can be found.
+    ParNotFound => "PAR-NOT-FOUND", Error, "the parent of a differencing image can be found through the caller, its locators or its name";
+    /// The parent is the image the child was made from.
+    ParUniqueId => "PAR-UNIQUE-ID", Error, "the parent's unique ID equals the parent unique ID in the child's header";
+    /// The parent was not changed since the child was made.
+    ParTimestamp => "PAR-TIMESTAMP", Warning, "the parent's footer time stamp equals the parent time stamp in the child's header";
+    /// Parent and child have the same size.
+    ParSize => "PAR-SIZE", Error, "a differencing image has the same current_size as its parent";
+    /// A chain does not loop.
+    ParLoop => "PAR-LOOP", Error, "no image is its own ancestor";
+    /// A chain is not deeper than the bound.
+    ParDepth => "PAR-DEPTH", Error, "a chain has at most 64 images";
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
+}
+
+/// One broken rule found in an image: what rule, how bad, and the details.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The rule broken.
+    pub rule: Rule,
+    /// The rule's severity.
+    pub severity: Severity,
+    /// What exactly is wrong, with the numbers.
+    pub message: String,
+}
+
+impl Finding {
+    /// A finding of `rule` with its own severity.
+    pub fn new(rule: Rule, message: impl Into<String>) -> Self {
+        Finding {
+            rule,
+            severity: rule.severity(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.rule.id())
+    }
+}

@@ -1,0 +1,136 @@
+//! A file on disk, locked for the life of the storage.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::Path;
+
+use super::Storage;
+
+/// Which advisory lock to hold on the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Readers: many may hold it; no writer may.
+    Shared,
+    /// A writer: nobody else may hold any lock.
+    Exclusive,
+}
+
+/// An image file, held open and locked until dropped.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+    writable: bool,
+}
+
+/// Why opening a file storage failed.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The file could not be opened.
+    Io(io::Error),
+    /// Another process holds a conflicting lock.
+    Locked(LockMode),
+}
+
+impl FileStorage {
+    /// Opens an existing file, read-only (shared lock) or read-write
+    /// (exclusive lock), without waiting for the lock.
+    pub fn open(path: &Path, writable: bool) -> Result<Self, OpenError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(OpenError::Io)?;
+        Self::lock(file, writable)
+    }
+
+    /// Creates a new file (never overwriting one) with an exclusive lock.
+    pub fn create_new(path: &Path) -> Result<Self, OpenError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(OpenError::Io)?;
+        Self::lock(file, true)
+    }
+
+    fn lock(file: File, writable: bool) -> Result<Self, OpenError> {
+        let (result, mode) = if writable {
+            (file.try_lock(), LockMode::Exclusive)
+        } else {
+            (file.try_lock_shared(), LockMode::Shared)
+        };
+        match result {
+            Ok(()) => Ok(FileStorage { file, writable }),
+            Err(TryLockError::WouldBlock) => Err(OpenError::Locked(mode)),
+            Err(TryLockError::Error(e)) => Err(OpenError::Io(e)),
+        }
+    }
+
+    /// Whether the file was opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        pread(&self.file, buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        pwrite(&self.file, buf, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(unix)]
+fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn pwrite(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn pread(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn pwrite(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_write(buf, offset)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}

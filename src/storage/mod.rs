@@ -1,0 +1,55 @@
+//! Where image bytes live. The driver decides what goes where; a storage
+//! only moves bytes. All I/O of the driver goes through [`Storage`], so a
+//! fault-injecting backend can stand in for crash tests.
+
+mod file;
+mod memory;
+
+pub use file::{FileStorage, LockMode, OpenError};
+pub use memory::MemStorage;
+
+use std::io;
+
+/// Positioned I/O on the bytes of one image file.
+pub trait Storage: Send {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Whether the storage is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Fills `buf` from `offset`; an error if the storage ends first.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, growing the storage if needed.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends (with zeros) to `len` bytes.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Makes every completed write durable: the only barrier the driver uses.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Hint that `offset..offset+len` will never be read before written
+    /// (used to punch holes); the default does nothing.
+    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
+    }
+}
