@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod error;
 pub mod format;
 pub mod image;
@@ -33,5 +34,5 @@ pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::{DiskType, Footer, Geometry, Timestamp};
-pub use image::{CreateOptions, Cursor, Extent, Image, OpenOptions, ParentSource, SizeRule};
+pub use image::{CommitStats, CreateOptions, Cursor, Extent, Image, OpenOptions, ParentSource, SizeRule};
 pub use rules::{Finding, Rule, Severity};

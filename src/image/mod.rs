@@ -2,12 +2,14 @@
 //! and differencing images. It decides what bytes go where; a
 //! [`Storage`](crate::storage::Storage) moves them.
 
+mod commit;
 mod create;
 mod cursor;
 mod open;
 mod parent;
 mod sparse;
 
+pub use commit::CommitStats;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
 pub use open::OpenOptions;

@@ -91,9 +91,10 @@ impl OpenOptions {
         self
     }
 
-    /// Open the parent for writing too (used by commit).
+    /// Open the direct parent for writing too, with an exclusive lock
+    /// (what commit does).
     #[must_use]
-    pub(crate) fn parent_writable(mut self, yes: bool) -> Self {
+    pub fn parent_writable(mut self, yes: bool) -> Self {
         self.parent_writable = yes;
         self
     }

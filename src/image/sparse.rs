@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
-use crate::format::bat::{UNALLOCATED, bat_size_on_disk};
+use crate::format::bat::UNALLOCATED;
 use crate::format::{DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap};
 use crate::storage::Storage;
 
@@ -231,11 +231,6 @@ impl Sparse {
                 .map_err(|e| Error::io("writing the BAT", e))?;
         }
         Ok(())
-    }
-
-    /// Bytes of the BAT on disk.
-    pub(crate) fn bat_bytes_on_disk(&self) -> u64 {
-        bat_size_on_disk(self.header.max_table_entries)
     }
 
     /// The BAT entry of a block (for maps and the checker).

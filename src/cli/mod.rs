@@ -1,0 +1,6 @@
+//! The `vhd` command line (placeholder until the CLI lands).
+
+/// Runs the tool; returns the exit status.
+pub fn main() -> i32 {
+    0
+}
