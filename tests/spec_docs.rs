@@ -257,3 +257,180 @@ fn every_test_cited_in_rules_doc_exists() {
         );
     }
 }
+
+/// Rows `| offset | hex | size | `field` | notes |` of the table under `heading`
+/// in `spec/layouts.md`, as (offset, size, field).
+fn layout_rows(doc: &str, heading: &str) -> Vec<(usize, usize, String)> {
+    let mut rows = Vec::new();
+    let mut lines = doc.lines().skip_while(|l| l.trim() != heading).skip(1);
+    // Skip prose up to the table, then read it to its end.
+    let mut in_table = false;
+    for line in lines.by_ref() {
+        if line.starts_with('#') {
+            break;
+        }
+        if !line.starts_with('|') {
+            if in_table {
+                break;
+            }
+            continue;
+        }
+        in_table = true;
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(Ok(offset)) = cells.get(1).map(|c| c.parse::<usize>()) else {
+            continue; // header or separator row
+        };
+        let hex = cells
+            .get(2)
+            .and_then(|c| c.strip_prefix("0x"))
+            .map(|h| usize::from_str_radix(h, 16));
+        assert_eq!(hex, Some(Ok(offset)), "hex column of {heading} row: {line}");
+        let size = cells.get(3).and_then(|c| c.parse::<usize>().ok());
+        let field = cells.get(4).map(|c| c.trim_matches('`').to_string());
+        match (size, field) {
+            (Some(size), Some(field)) => rows.push((offset, size, field)),
+            _ => panic!("malformed row under {heading}: {line}"),
+        }
+    }
+    assert!(
+        !rows.is_empty(),
+        "no table under {heading} in spec/layouts.md"
+    );
+    rows
+}
+
+/// (offset, size, name) of consecutive fields: each size is the distance to
+/// the next offset, the last one's to the end of the struct.
+fn fields_in_order(fields: &[(&str, usize)], struct_size: usize) -> Vec<(usize, usize, String)> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, offset))| {
+            let end = fields.get(i + 1).map_or(struct_size, |next| next.1);
+            (offset, end - offset, name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn layouts_doc_footer_table_matches_the_footer_struct() {
+    use std::mem::offset_of;
+    use vhdref::format::footer::RawFooter;
+    let mut expected = fields_in_order(
+        &[
+            ("cookie", offset_of!(RawFooter, cookie)),
+            ("features", offset_of!(RawFooter, features)),
+            (
+                "file_format_version",
+                offset_of!(RawFooter, file_format_version),
+            ),
+            ("data_offset", offset_of!(RawFooter, data_offset)),
+            ("time_stamp", offset_of!(RawFooter, time_stamp)),
+            (
+                "creator_application",
+                offset_of!(RawFooter, creator_application),
+            ),
+            ("creator_version", offset_of!(RawFooter, creator_version)),
+            ("creator_host_os", offset_of!(RawFooter, creator_host_os)),
+            ("original_size", offset_of!(RawFooter, original_size)),
+            ("current_size", offset_of!(RawFooter, current_size)),
+            ("disk_geometry", offset_of!(RawFooter, cylinders)),
+            ("disk_type", offset_of!(RawFooter, disk_type)),
+            ("checksum", offset_of!(RawFooter, checksum)),
+            ("unique_id", offset_of!(RawFooter, unique_id)),
+            ("saved_state", offset_of!(RawFooter, saved_state)),
+            ("reserved", offset_of!(RawFooter, reserved)),
+        ],
+        size_of::<RawFooter>(),
+    );
+    let geometry = fields_in_order(
+        &[
+            ("disk_geometry.cylinders", offset_of!(RawFooter, cylinders)),
+            ("disk_geometry.heads", offset_of!(RawFooter, heads)),
+            (
+                "disk_geometry.sectors_per_track",
+                offset_of!(RawFooter, sectors_per_track),
+            ),
+        ],
+        offset_of!(RawFooter, disk_type),
+    );
+    expected.extend(geometry);
+    let mut documented = layout_rows(&read_repo_file("spec/layouts.md"), "## Footer");
+    expected.sort();
+    documented.sort();
+    assert_eq!(documented, expected);
+    assert_eq!(size_of::<RawFooter>(), 512);
+}
+
+#[test]
+fn layouts_doc_dynamic_header_table_matches_the_header_struct() {
+    use std::mem::offset_of;
+    use vhdref::format::dyn_header::RawDynHeader;
+    let expected = fields_in_order(
+        &[
+            ("cookie", offset_of!(RawDynHeader, cookie)),
+            ("data_offset", offset_of!(RawDynHeader, data_offset)),
+            ("table_offset", offset_of!(RawDynHeader, table_offset)),
+            ("header_version", offset_of!(RawDynHeader, header_version)),
+            (
+                "max_table_entries",
+                offset_of!(RawDynHeader, max_table_entries),
+            ),
+            ("block_size", offset_of!(RawDynHeader, block_size)),
+            ("checksum", offset_of!(RawDynHeader, checksum)),
+            (
+                "parent_unique_id",
+                offset_of!(RawDynHeader, parent_unique_id),
+            ),
+            (
+                "parent_time_stamp",
+                offset_of!(RawDynHeader, parent_time_stamp),
+            ),
+            ("reserved", offset_of!(RawDynHeader, reserved1)),
+            (
+                "parent_unicode_name",
+                offset_of!(RawDynHeader, parent_unicode_name),
+            ),
+            (
+                "parent_locator_entries",
+                offset_of!(RawDynHeader, parent_locator_entries),
+            ),
+            ("reserved", offset_of!(RawDynHeader, reserved2)),
+        ],
+        size_of::<RawDynHeader>(),
+    );
+    let documented = layout_rows(&read_repo_file("spec/layouts.md"), "## Dynamic header");
+    assert_eq!(documented, expected);
+    assert_eq!(size_of::<RawDynHeader>(), 1024);
+}
+
+#[test]
+fn layouts_doc_locator_entry_table_matches_the_locator_struct() {
+    use std::mem::offset_of;
+    use vhdref::format::locator::RawLocatorEntry;
+    let expected = fields_in_order(
+        &[
+            ("platform_code", offset_of!(RawLocatorEntry, platform_code)),
+            (
+                "platform_data_space",
+                offset_of!(RawLocatorEntry, platform_data_space),
+            ),
+            (
+                "platform_data_length",
+                offset_of!(RawLocatorEntry, platform_data_length),
+            ),
+            ("reserved", offset_of!(RawLocatorEntry, reserved)),
+            (
+                "platform_data_offset",
+                offset_of!(RawLocatorEntry, platform_data_offset),
+            ),
+        ],
+        size_of::<RawLocatorEntry>(),
+    );
+    let documented = layout_rows(
+        &read_repo_file("spec/layouts.md"),
+        "### Parent locator entry",
+    );
+    assert_eq!(documented, expected);
+    assert_eq!(size_of::<RawLocatorEntry>() * 8, 192);
+}
