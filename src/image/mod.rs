@@ -216,6 +216,11 @@ impl Image {
                             })?,
                             Source::Absent => match &mut self.parent {
                                 Some(p) => p.read_at(run_off, dst)?,
+                                None if self.footer.disk_type == DiskType::Differencing => {
+                                    return Err(Error::ParentNotFound {
+                                        tried: format!("{} was opened without its parent", self.name),
+                                    });
+                                }
                                 None => dst.fill(0),
                             },
                         }

@@ -33,6 +33,7 @@ pub struct OpenOptions {
     pub(crate) ignore_parent_id: bool,
     pub(crate) allowed_dirs: Option<Vec<PathBuf>>,
     pub(crate) parent_writable: bool,
+    pub(crate) skip_parent: bool,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -88,6 +89,15 @@ impl OpenOptions {
     #[must_use]
     pub fn allow_parent_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.allowed_dirs = Some(dirs);
+        self
+    }
+
+    /// Open a differencing image without looking for its parent, to
+    /// inspect a child whose parent is missing or wrong. Reading a sector
+    /// the child does not hold then fails with PAR-NOT-FOUND.
+    #[must_use]
+    pub fn skip_parent(mut self, skip: bool) -> Self {
+        self.skip_parent = skip;
         self
     }
 
@@ -178,7 +188,7 @@ impl OpenOptions {
             writable: self.write,
             findings,
         };
-        if image.footer.disk_type == DiskType::Differencing {
+        if image.footer.disk_type == DiskType::Differencing && !(self.skip_parent && self.parent_image.is_none()) {
             let (parent, source) = match self.parent_image.take() {
                 Some(p) => {
                     let name = p.name().to_string();
@@ -337,6 +347,12 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
                 "a table of {} entries ({table_bytes} bytes) does not fit between the footer copy and the trailing footer at {footer_offset:#x}",
                 header.max_table_entries
             ),
+        });
+    }
+    if table_offset % SECTOR_SIZE != 0 {
+        return Err(Error::TableOffset {
+            offset: table_offset,
+            reason: "is not sector aligned".to_string(),
         });
     }
     let table_end = table_offset + table_bytes;
