@@ -49,7 +49,11 @@ fn dynamic() -> VhdBuilder {
     VhdBuilder::dynamic(1024 * KIB)
         .block_size(BLOCK)
         .block(1, Bits::All, &pattern(BLOCK as usize, 1))
-        .block(5, Bits::Sectors(vec![0, 3, 127]), &pattern(BLOCK as usize, 2))
+        .block(
+            5,
+            Bits::Sectors(vec![0, 3, 127]),
+            &pattern(BLOCK as usize, 2),
+        )
 }
 
 fn error(name: &'static str, b: VhdBuilder, rule: &'static str) -> Case {
@@ -98,7 +102,11 @@ fn cases() -> Vec<Case> {
         raw("100 bytes", vec![0x5a; 100], "FTR-SIZE"),
         raw("511 zero bytes", vec![0; 511], "FTR-SIZE"),
         raw("1024 zero bytes", vec![0; 1024], "FTR-COOKIE"),
-        raw("a text file", b"not a disk image\n".repeat(300), "FTR-COOKIE"),
+        raw(
+            "a text file",
+            b"not a disk image\n".repeat(300),
+            "FTR-COOKIE",
+        ),
         error(
             "fixed image with a wrong cookie",
             fixed().corrupt(|b| {
@@ -133,19 +141,35 @@ fn cases() -> Vec<Case> {
             }),
             "FTR-CHECKSUM",
         ),
-        error("fixed image of version 2.0", fixed().version(0x0002_0000), "FTR-VERSION"),
-        error("dynamic image of version 2.0", dynamic().version(0x0002_0000), "FTR-VERSION"),
+        error(
+            "fixed image of version 2.0",
+            fixed().version(0x0002_0000),
+            "FTR-VERSION",
+        ),
+        error(
+            "dynamic image of version 2.0",
+            dynamic().version(0x0002_0000),
+            "FTR-VERSION",
+        ),
         error("disk type 0", fixed().disk_type(0), "FTR-DISK-TYPE"),
         error("disk type 1", fixed().disk_type(1), "FTR-DISK-TYPE"),
         error("disk type 5", dynamic().disk_type(5), "FTR-DISK-TYPE"),
         error("disk type 6", fixed().disk_type(6), "FTR-DISK-TYPE"),
-        error("disk type 0xFFFFFFFF", dynamic().disk_type(u32::MAX), "FTR-DISK-TYPE"),
+        error(
+            "disk type 0xFFFFFFFF",
+            dynamic().disk_type(u32::MAX),
+            "FTR-DISK-TYPE",
+        ),
         error(
             "current size not a multiple of 512",
             fixed().current_size(64 * KIB + 100),
             "FTR-CURRENT-SIZE",
         ),
-        error("current size u64::MAX", fixed().current_size(u64::MAX), "FTR-CURRENT-SIZE"),
+        error(
+            "current size u64::MAX",
+            fixed().current_size(u64::MAX),
+            "FTR-CURRENT-SIZE",
+        ),
         error(
             "fixed image shorter than its current size",
             fixed().corrupt(|b| {
@@ -158,7 +182,11 @@ fn cases() -> Vec<Case> {
             fixed().current_size(1 << 40),
             "FTR-FIXED-LENGTH",
         ),
-        warning("fixed image with slack before the footer", fixed().fixed_slack(1024), "FTR-FIXED-SLACK"),
+        warning(
+            "fixed image with slack before the footer",
+            fixed().fixed_slack(1024),
+            "FTR-FIXED-SLACK",
+        ),
         warning(
             "fixed image with a 511-byte footer",
             fixed().corrupt(|b| {
@@ -171,13 +199,21 @@ fn cases() -> Vec<Case> {
             fixed().footer_data_offset(512),
             "FTR-FIXED-DATA-OFFSET",
         ),
-        error("dynamic data offset 0", dynamic().footer_data_offset(0), "FTR-DATA-OFFSET"),
+        error(
+            "dynamic data offset 0",
+            dynamic().footer_data_offset(0),
+            "FTR-DATA-OFFSET",
+        ),
         error(
             "dynamic data offset beyond the end of the file",
             dynamic().footer_data_offset(1 << 40),
             "FTR-DATA-OFFSET",
         ),
-        error("dynamic data offset u64::MAX", dynamic().footer_data_offset(u64::MAX), "FTR-DATA-OFFSET"),
+        error(
+            "dynamic data offset u64::MAX",
+            dynamic().footer_data_offset(u64::MAX),
+            "FTR-DATA-OFFSET",
+        ),
         error(
             "dynamic data offset overlapping the trailing footer",
             dynamic().corrupt(|b| {
@@ -196,12 +232,36 @@ fn cases() -> Vec<Case> {
             dynamic().corrupt(|b| b[512 + 200] ^= 0x10),
             "HDR-CHECKSUM",
         ),
-        error("dynamic header version 2", dynamic().header_version(0x0002_0000), "HDR-VERSION"),
-        error("block size 0", dynamic().header_block_size(0), "HDR-BLOCK-SIZE"),
-        error("block size 3 MiB", dynamic().header_block_size(3 << 20), "HDR-BLOCK-SIZE"),
-        error("block size 256 bytes", dynamic().header_block_size(256), "HDR-BLOCK-SIZE"),
-        error("block size 2 GiB", dynamic().header_block_size(1 << 31), "HDR-BLOCK-SIZE"),
-        error("block size u32::MAX", dynamic().header_block_size(u32::MAX), "HDR-BLOCK-SIZE"),
+        error(
+            "dynamic header version 2",
+            dynamic().header_version(0x0002_0000),
+            "HDR-VERSION",
+        ),
+        error(
+            "block size 0",
+            dynamic().header_block_size(0),
+            "HDR-BLOCK-SIZE",
+        ),
+        error(
+            "block size 3 MiB",
+            dynamic().header_block_size(3 << 20),
+            "HDR-BLOCK-SIZE",
+        ),
+        error(
+            "block size 256 bytes",
+            dynamic().header_block_size(256),
+            "HDR-BLOCK-SIZE",
+        ),
+        error(
+            "block size 2 GiB",
+            dynamic().header_block_size(1 << 31),
+            "HDR-BLOCK-SIZE",
+        ),
+        error(
+            "block size u32::MAX",
+            dynamic().header_block_size(u32::MAX),
+            "HDR-BLOCK-SIZE",
+        ),
         error(
             "max table entries too small for the current size",
             dynamic().max_table_entries(15),
@@ -225,20 +285,56 @@ fn cases() -> Vec<Case> {
             dynamic().current_size(u64::MAX - 511),
             "HDR-MAX-TABLE-ENTRIES",
         ),
-        error("table offset beyond the end of the file", dynamic().table_offset(1 << 40), "HDR-TABLE-OFFSET"),
-        error("table offset u64::MAX", dynamic().table_offset(u64::MAX), "HDR-TABLE-OFFSET"),
-        error("table offset overlapping the header", dynamic().table_offset(1024), "HDR-TABLE-OFFSET"),
-        error("table offset overlapping the footer copy", dynamic().table_offset(0), "HDR-TABLE-OFFSET"),
-        error("table offset not sector aligned", dynamic().table_offset(1536 + 4), "HDR-TABLE-OFFSET"),
+        error(
+            "table offset beyond the end of the file",
+            dynamic().table_offset(1 << 40),
+            "HDR-TABLE-OFFSET",
+        ),
+        error(
+            "table offset u64::MAX",
+            dynamic().table_offset(u64::MAX),
+            "HDR-TABLE-OFFSET",
+        ),
+        error(
+            "table offset overlapping the header",
+            dynamic().table_offset(1024),
+            "HDR-TABLE-OFFSET",
+        ),
+        error(
+            "table offset overlapping the footer copy",
+            dynamic().table_offset(0),
+            "HDR-TABLE-OFFSET",
+        ),
+        error(
+            "table offset not sector aligned",
+            dynamic().table_offset(1536 + 4),
+            "HDR-TABLE-OFFSET",
+        ),
         error(
             "BAT entry beyond the end of the file",
             dynamic().bat_entry(0, 0x0010_0000),
             "BAT-ENTRY-BEYOND-EOF",
         ),
-        error("BAT entry 0xFFFFFFFE", dynamic().bat_entry(0, 0xFFFF_FFFE), "BAT-ENTRY-BEYOND-EOF"),
-        error("BAT entry pointing at the header", dynamic().bat_entry(0, 1), "BAT-ENTRY-OVERLAP"),
-        error("BAT entry pointing at the BAT", dynamic().bat_entry(0, 3), "BAT-ENTRY-OVERLAP"),
-        error("BAT entry pointing at the footer copy", dynamic().bat_entry(0, 0), "BAT-ENTRY-OVERLAP"),
+        error(
+            "BAT entry 0xFFFFFFFE",
+            dynamic().bat_entry(0, 0xFFFF_FFFE),
+            "BAT-ENTRY-BEYOND-EOF",
+        ),
+        error(
+            "BAT entry pointing at the header",
+            dynamic().bat_entry(0, 1),
+            "BAT-ENTRY-OVERLAP",
+        ),
+        error(
+            "BAT entry pointing at the BAT",
+            dynamic().bat_entry(0, 3),
+            "BAT-ENTRY-OVERLAP",
+        ),
+        error(
+            "BAT entry pointing at the footer copy",
+            dynamic().bat_entry(0, 0),
+            "BAT-ENTRY-OVERLAP",
+        ),
         error(
             "block partially past the end of the file",
             dynamic().corrupt(|b| {
@@ -298,16 +394,36 @@ fn cases() -> Vec<Case> {
         dynamic().corrupt(|b| b[300] ^= 0x01),
         "FTR-COPY-MISMATCH",
     ));
-    v.push(warning("saved state set", dynamic().saved_state(true), "FTR-SAVED-STATE"));
-    v.push(warning("zero unique ID", fixed().unique_id(Uuid::nil()), "FTR-UNIQUE-ID"));
-    v.push(warning("geometry not the algorithm's", fixed().geometry(1, 1, 1), "GEO-ALGORITHM"));
+    v.push(warning(
+        "saved state set",
+        dynamic().saved_state(true),
+        "FTR-SAVED-STATE",
+    ));
+    v.push(warning(
+        "zero unique ID",
+        fixed().unique_id(Uuid::nil()),
+        "FTR-UNIQUE-ID",
+    ));
+    v.push(warning(
+        "geometry not the algorithm's",
+        fixed().geometry(1, 1, 1),
+        "GEO-ALGORITHM",
+    ));
     v.push(warning(
         "dynamic header data offset not all ones",
         dynamic().header_data_offset(0),
         "HDR-DATA-OFFSET",
     ));
-    v.push(warning("features without the reserved bit", dynamic().features(0), "FTR-FEATURES"));
-    v.push(warning("features with an unknown bit", fixed().features(0x102), "FTR-FEATURES"));
+    v.push(warning(
+        "features without the reserved bit",
+        dynamic().features(0),
+        "FTR-FEATURES",
+    ));
+    v.push(warning(
+        "features with an unknown bit",
+        fixed().features(0x102),
+        "FTR-FEATURES",
+    ));
     v
 }
 
@@ -330,7 +446,11 @@ fn run(case: &Case) -> Result<(), String> {
         }
         (Expect::Kind(kind), Err(e)) => {
             if e.kind() != kind || e.rule().is_some() {
-                return Err(format!("expected kind {kind:?} without a rule, got {:?}/{:?}: {e}", e.kind(), e.rule()));
+                return Err(format!(
+                    "expected kind {kind:?} without a rule, got {:?}/{:?}: {e}",
+                    e.kind(),
+                    e.rule()
+                ));
             }
             Ok(())
         }
@@ -343,7 +463,8 @@ fn run(case: &Case) -> Result<(), String> {
                 return Err("an image with only a footer copy opened writable".into());
             }
             let mut buf = vec![0u8; img.size() as usize];
-            img.read_at(0, &mut buf).map_err(|e| format!("reading: {e}"))?;
+            img.read_at(0, &mut buf)
+                .map_err(|e| format!("reading: {e}"))?;
             if buf != case.contents {
                 let at = buf.iter().zip(&case.contents).position(|(a, b)| a != b);
                 return Err(format!("contents differ (first at {at:?})"));
@@ -352,9 +473,16 @@ fn run(case: &Case) -> Result<(), String> {
         }
         (expect, Ok(img)) => Err(format!(
             "expected {expect:?}, but it opened with findings {:?}",
-            img.findings().iter().map(|f| f.rule.id()).collect::<Vec<_>>()
+            img.findings()
+                .iter()
+                .map(|f| f.rule.id())
+                .collect::<Vec<_>>()
         )),
-        (expect, Err(e)) => Err(format!("expected {expect:?}, got {:?}/{:?}: {e}", e.kind(), e.rule())),
+        (expect, Err(e)) => Err(format!(
+            "expected {expect:?}, got {:?}/{:?}: {e}",
+            e.kind(),
+            e.rule()
+        )),
     }
 }
 
@@ -376,14 +504,22 @@ fn every_damaged_image_fails_with_exactly_its_rule() {
             failures.push(format!("{}: took {took:?}", case.name));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn undamaged_builder_images_open_without_findings() {
-    let parent = VhdBuilder::dynamic(1024 * KIB)
-        .block_size(BLOCK)
-        .block(0, Bits::All, &pattern(BLOCK as usize, 7));
+    let parent = VhdBuilder::dynamic(1024 * KIB).block_size(BLOCK).block(
+        0,
+        Bits::All,
+        &pattern(BLOCK as usize, 7),
+    );
     let child = child_of(&parent);
     for (name, b) in [("fixed", fixed()), ("dynamic", dynamic())] {
         let mut img = OpenOptions::new()
@@ -428,7 +564,11 @@ fn child_of(parent: &VhdBuilder) -> VhdBuilder {
         .parent_time_stamp(parent.stamp())
         .parent_name("parent.vhd")
         .locator(Platform::W2ru, ".\\parent.vhd", DataSpace::Bytes)
-        .block(0, Bits::Sectors(vec![1, 2, 3, 64]), &pattern(BLOCK as usize, 8))
+        .block(
+            0,
+            Bits::Sectors(vec![1, 2, 3, 64]),
+            &pattern(BLOCK as usize, 8),
+        )
         .block(3, Bits::All, &pattern(BLOCK as usize, 9))
 }
 

@@ -57,7 +57,9 @@ impl Platform {
 
     fn encode(self, text: &str) -> Vec<u8> {
         match self {
-            Platform::W2ru | Platform::W2ku => text.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+            Platform::W2ru | Platform::W2ku => {
+                text.encode_utf16().flat_map(u16::to_le_bytes).collect()
+            }
             _ => text.as_bytes().to_vec(),
         }
     }
@@ -161,6 +163,7 @@ pub struct VhdBuilder {
     bat_overrides: BTreeMap<u32, u32>,
     fixed_data: Vec<u8>,
     fixed_slack: u64,
+    data_alignment: u64,
     damage: Vec<Damage>,
 }
 
@@ -195,6 +198,7 @@ impl VhdBuilder {
             bat_overrides: BTreeMap::new(),
             fixed_data: Vec::new(),
             fixed_slack: 0,
+            data_alignment: 0,
             damage: Vec::new(),
         }
     }
@@ -392,7 +396,13 @@ impl VhdBuilder {
     /// An allocated block: bitmap bits and data (padded with zeros to the
     /// block size).
     pub fn block(mut self, index: u32, bits: Bits, data: &[u8]) -> Self {
-        self.blocks.insert(index, Block { bits, data: data.to_vec() });
+        self.blocks.insert(
+            index,
+            Block {
+                bits,
+                data: data.to_vec(),
+            },
+        );
         self
     }
 
@@ -411,6 +421,13 @@ impl VhdBuilder {
     /// Bytes between a fixed image's data and its footer.
     pub fn fixed_slack(mut self, n: u64) -> Self {
         self.fixed_slack = n;
+        self
+    }
+
+    /// Places each block so that its data (after the bitmap) starts at a
+    /// multiple of `n` bytes, leaving gaps, as some Windows writers do.
+    pub fn data_alignment(mut self, n: u64) -> Self {
+        self.data_alignment = n;
         self
     }
 
@@ -513,6 +530,10 @@ impl VhdBuilder {
             let mut bat = vec![u32::MAX; entries as usize];
             let mut block_writes = Vec::new();
             for (&i, block) in &self.blocks {
+                if self.data_alignment > 0 {
+                    next = (next + layout.bitmap_size).next_multiple_of(self.data_alignment)
+                        - layout.bitmap_size;
+                }
                 layout.blocks.insert(i, next);
                 if let Some(slot) = bat.get_mut(i as usize) {
                     *slot = (next / SECTOR) as u32;
@@ -581,7 +602,9 @@ impl VhdBuilder {
         f[36..40].copy_from_slice(&self.host_os);
         f[40..48].copy_from_slice(&self.layout_size().to_be_bytes());
         f[48..56].copy_from_slice(&self.current_size.to_be_bytes());
-        let (c, h, s) = self.geometry.unwrap_or_else(|| chs(self.current_size / SECTOR));
+        let (c, h, s) = self
+            .geometry
+            .unwrap_or_else(|| chs(self.current_size / SECTOR));
         f[56..58].copy_from_slice(&c.to_be_bytes());
         f[58] = h;
         f[59] = s;
@@ -681,7 +704,13 @@ pub fn chs(total: u64) -> (u16, u8, u8) {
 /// A deterministic, position-dependent byte pattern (never all zeros).
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(u32::from(seed % 32)) as u8 ^ seed | 1)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(u32::from(seed % 32)) as u8
+                ^ seed
+                | 1
+        })
         .collect()
 }
 
