@@ -132,12 +132,15 @@ impl LocatorEntry {
     }
 
     /// The room reserved for the data, in bytes. The spec counts it in
-    /// sectors; Hyper-V and others store bytes. A value that is a multiple
-    /// of 512 and at least the data length is taken as bytes, anything else
-    /// as sectors (see spec/errata.md, "locator data space").
+    /// sectors; Hyper-V and others store bytes. A non-zero value that is at
+    /// least the data length is taken as bytes (a writer counting sectors
+    /// would be reserving 512 times the room it needs), anything else as
+    /// sectors (see spec/errata.md, "locator data space"). Where both
+    /// readings fit, this picks the smaller region, so an overlap check
+    /// built on it never reports a false overlap.
     pub fn data_space_bytes(&self) -> u64 {
         let space = u64::from(self.platform_data_space);
-        if space % SECTOR_SIZE == 0 && space >= u64::from(self.platform_data_length) && space > 0 {
+        if space >= u64::from(self.platform_data_length) && space > 0 {
             space
         } else {
             space * SECTOR_SIZE
