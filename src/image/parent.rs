@@ -278,6 +278,9 @@ pub(crate) fn resolve(
     let mut tried = Vec::new();
     let mut mismatch: Option<Error> = None;
     let mut other: Option<Error> = None;
+    // A candidate that is in use elsewhere exists but cannot be checked:
+    // say it is locked rather than that no parent was found.
+    let mut locked: Option<Error> = None;
     let expected = child.dyn_header().map(|h| h.parent_unique_id).unwrap_or_default();
     for cand in candidates(child, &child_dir, &mut tried) {
         let shown = cand.path.display().to_string();
@@ -310,9 +313,16 @@ pub(crate) fn resolve(
                 if matches!(e, Error::ParentLoop { .. } | Error::ParentDepth { .. }) {
                     return Err(e);
                 }
-                other.get_or_insert(e);
+                if matches!(e, Error::Locked { .. }) {
+                    locked.get_or_insert(e);
+                } else {
+                    other.get_or_insert(e);
+                }
             }
         }
+    }
+    if let Some(e) = locked {
+        return Err(e);
     }
     if let Some(e) = mismatch {
         return Err(e);
