@@ -434,3 +434,31 @@ fn layouts_doc_locator_entry_table_matches_the_locator_struct() {
     assert_eq!(documented, expected);
     assert_eq!(size_of::<RawLocatorEntry>() * 8, 192);
 }
+
+#[test]
+fn every_test_cited_for_errors_that_are_not_rules_exists() {
+    let doc = read_repo_file("spec/rules.md");
+    let mut in_section = false;
+    let mut rows = 0;
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            in_section = line.trim() == "## Errors that are not rules";
+            continue;
+        }
+        if !in_section || !line.starts_with("| `") {
+            continue;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(error), Some(test)) = (cells.get(1), cells.get(5)) else {
+            panic!("row without a test cell: {line}");
+        };
+        rows += 1;
+        if !test.starts_with("none yet") {
+            check_citations(error, "test", test, "tests/");
+        }
+    }
+    assert!(
+        rows >= 4,
+        "the table of errors that are not rules is missing or short"
+    );
+}
