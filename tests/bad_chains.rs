@@ -394,3 +394,51 @@ fn a_block_over_a_locators_data_is_an_overlap() {
     assert_eq!(rule, Some("BAT-ENTRY-OVERLAP"), "{text}");
     assert!(text.contains("locator"), "{text}");
 }
+
+/// Runs `f` on a thread and fails if it does not finish within 10 s (a
+/// hang would otherwise stall the whole suite).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("did not finish within 10 s (hung on a locator?)")
+}
+
+#[cfg(unix)]
+#[test]
+fn a_locator_naming_a_fifo_or_a_device_is_not_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.vhd");
+    match std::process::Command::new("mkfifo").arg(&fifo).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("SKIP: mkfifo failed: {other:?}");
+            return;
+        }
+    }
+    let parent = fixed_parent(&dir.path().join("parent.vhd"), SIZE, 8);
+    // Only hostile locators: a FIFO (opening it would wait for a writer
+    // forever) and a character device.
+    let c = child(parent.id(), parent.stamp())
+        .locator(Platform::W2ru, ".\\fifo.vhd", DataSpace::Bytes)
+        .locator(Platform::W2ku, "/dev/zero", DataSpace::Bytes);
+    let path = write(&dir.path().join("child.vhd"), &c);
+    let (rule, text) = within_10s(move || rule_of(Image::open(&path)));
+    assert_eq!(rule, Some("PAR-NOT-FOUND"), "{text}");
+    assert!(
+        text.contains("fifo.vhd") && text.contains("/dev/zero"),
+        "{text}"
+    );
+    // With a good locator after them, the good one is used.
+    let c = c.locator(
+        Platform::W2ku,
+        &dir.path().join("parent.vhd").display().to_string(),
+        DataSpace::Bytes,
+    );
+    let path = write(&dir.path().join("child2.vhd"), &c);
+    let expected = c.expected(&parent.expected(&[]));
+    let contents = within_10s(move || read_all(&mut Image::open(&path).unwrap()));
+    assert!(contents == expected);
+}

@@ -288,6 +288,12 @@ pub(crate) fn resolve(
             tried.push(format!("{shown} ({}): no such file", source_kind(&cand.source)));
             continue;
         }
+        // A locator comes from the file: never open a FIFO (which would
+        // wait for a writer forever) or a device because an image says so.
+        if !cand.path.metadata().is_ok_and(|m| m.is_file()) {
+            tried.push(format!("{shown} ({}): not a regular file, not opened", source_kind(&cand.source)));
+            continue;
+        }
         if !is_allowed(&cand.path, options.allowed_dirs.as_ref()) {
             tried.push(format!("{shown}: outside the allowed directories, not followed"));
             continue;
