@@ -442,3 +442,27 @@ fn a_locator_naming_a_fifo_or_a_device_is_not_opened() {
     let contents = within_10s(move || read_all(&mut Image::open(&path).unwrap()));
     assert!(contents == expected);
 }
+
+#[test]
+fn allowed_directories_bind_every_level_of_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outside, inside) = (dir.path().join("outside"), dir.path().join("inside"));
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::create_dir(&inside).unwrap();
+    let base = fixed_parent(&outside.join("base.vhd"), SIZE, 9);
+    let mid = child(base.id(), base.stamp()).locator(
+        Platform::W2ku,
+        &outside.join("base.vhd").display().to_string(),
+        DataSpace::Bytes,
+    );
+    write(&inside.join("mid.vhd"), &mid);
+    let top = child(mid.id(), mid.stamp()).locator(Platform::W2ru, ".\\mid.vhd", DataSpace::Bytes);
+    let path = write(&inside.join("top.vhd"), &top);
+    let (rule, text) = rule_of(
+        OpenOptions::new()
+            .allow_parent_dirs(vec![inside])
+            .open(&path),
+    );
+    assert_eq!(rule, Some("PAR-NOT-FOUND"), "{text}");
+    assert!(text.contains("outside the allowed directories"), "{text}");
+}

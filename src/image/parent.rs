@@ -263,10 +263,14 @@ pub(crate) fn resolve(
     child_path: Option<&Path>,
     guard: &mut ChainGuard,
 ) -> Result<(Image, ParentSource)> {
+    // The allowed directories bind every level of the chain, not just the
+    // direct parent.
     let parent_options = || {
-        OpenOptions::new()
+        let mut o = OpenOptions::new()
             .write(options.parent_writable)
-            .ignore_parent_id(options.ignore_parent_id)
+            .ignore_parent_id(options.ignore_parent_id);
+        o.allowed_dirs.clone_from(&options.allowed_dirs);
+        o
     };
     if let Some(path) = &options.parent_path {
         let image = parent_options().open_path(path, guard)?;
