@@ -367,6 +367,13 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
         .read_exact_at(&mut raw, table_offset)
         .map_err(|e| Error::io("reading the BAT", e))?;
     let bat = parse_bat(&raw);
+    let unused = count_unused_allocated(storage, table_offset + used * 4, u64::from(header.max_table_entries) - used)?;
+    if unused > 0 {
+        findings.push(Finding::new(
+            Rule::BatEntryUnused,
+            format!("{unused} BAT entries past the end of the disk ({used} blocks) are allocated"),
+        ));
+    }
 
     let bitmap_size = header.bitmap_size();
     let span = bitmap_size + block_size;
@@ -439,6 +446,25 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
         next_free = next_free.max(last.1);
     }
     Ok(Sparse::new(header, header_offset, bat, next_free))
+}
+
+/// Counts allocated entries among `count` BAT entries at `offset` (the
+/// entries past the disk), reading at most 64 KiB at a time.
+fn count_unused_allocated(storage: &dyn Storage, offset: u64, count: u64) -> Result<u64> {
+    const CHUNK_ENTRIES: u64 = 16 * 1024;
+    let mut allocated = 0;
+    let mut done = 0;
+    let mut buf = Vec::new();
+    while done < count {
+        let n = CHUNK_ENTRIES.min(count - done);
+        buf.resize(usize::try_from(n * 4).unwrap_or(0), 0);
+        storage
+            .read_exact_at(&mut buf, offset + done * 4)
+            .map_err(|e| Error::io("reading the BAT", e))?;
+        allocated += parse_bat(&buf).iter().filter(|&&e| e != UNALLOCATED).count() as u64;
+        done += n;
+    }
+    Ok(allocated)
 }
 
 /// The lock mode name for messages.
