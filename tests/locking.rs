@@ -269,3 +269,48 @@ fn reading_an_image_with_a_damaged_trailing_footer_never_repairs_it() {
         "the damaged image's modification time changed"
     );
 }
+
+#[test]
+fn committing_a_child_while_a_sibling_is_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dynamic(dir.path(), "parent.vhd");
+    let (a, b) = (
+        child(dir.path(), &parent, "a.vhd"),
+        child(dir.path(), &parent, "b.vhd"),
+    );
+    let mut w = Image::open_rw(&a).unwrap();
+    w.write_at(0, b"from a").unwrap();
+    w.close().unwrap();
+    let before = std::fs::read(&parent).unwrap();
+    let sibling = Image::open_rw(&b).unwrap();
+    let e = Image::commit(&a, OpenOptions::new()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    assert!(
+        std::fs::read(&parent).unwrap() == before,
+        "the parent changed under an open sibling"
+    );
+    drop(sibling);
+}
+
+#[test]
+fn opening_for_writing_and_closing_without_a_write_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dynamic(dir.path(), "parent.vhd");
+    let kid = child(dir.path(), &parent, "child.vhd");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for path in [&parent, &kid] {
+        let before = snapshot(path);
+        let mut img = Image::open_rw(path).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        img.read_at(0, &mut buf).unwrap();
+        img.close().unwrap();
+        let after = snapshot(path);
+        assert!(before.0 == after.0, "{} changed", path.display());
+        assert_eq!(
+            before.1,
+            after.1,
+            "{} modification time changed",
+            path.display()
+        );
+    }
+}
