@@ -619,6 +619,13 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         .expect("creating dynamic.vhd");
     let mut expected = vec![0u8; size as usize];
     write_random(&mut img, &mut expected, &mut rng, 6, 200 * KIB, 0..3 * MIB);
+    write_at(&mut img, &mut expected, 1000, &rng.nonzero_bytes(3000));
+    write_at(
+        &mut img,
+        &mut expected,
+        2 * MIB + 5000,
+        &rng.nonzero_bytes(3000),
+    );
     write_at(
         &mut img,
         &mut expected,
