@@ -446,3 +446,29 @@ fn a_child_whose_block_data_is_aligned_with_gaps_reads_correctly() {
         open_and_compare(&child, &dir.path().join("child.vhd"), &parent);
     }
 }
+
+#[test]
+fn a_child_with_its_locators_before_the_bat_reads_correctly() {
+    for align in [512, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = vhdref_parent(&dir.path().join("parent.vhd"));
+        let child = child_of(&parent, BLOCK)
+            .bat_after_locators(align)
+            .locator(Platform::W2ku, &abs(&parent.path), DataSpace::Bytes)
+            .locator(Platform::W2ru, ".\\parent.vhd", DataSpace::Bytes);
+        let (_, layout) = child.build_with_layout();
+        assert!(layout.bat_offset > layout.locators[1]);
+        let path = dir.path().join("child.vhd");
+        open_and_compare(&child, &path, &parent);
+        // Writing appends blocks after everything and keeps the locators.
+        let mut img = Image::open_rw(&path).unwrap();
+        img.write_at(SIZE - 512, &[0xAB; 512]).unwrap();
+        img.close().unwrap();
+        let mut img = Image::open(&path).unwrap();
+        let mut buf = vec![0u8; SIZE as usize];
+        img.read_at(0, &mut buf).unwrap();
+        let mut expected = child.expected(&parent.contents);
+        expected[SIZE as usize - 512..].fill(0xAB);
+        assert!(buf == expected);
+    }
+}

@@ -129,6 +129,8 @@ pub struct Layout {
     pub bitmap_size: u64,
     /// Entries of the BAT as laid out.
     pub bat_entries: u64,
+    /// Offset of the BAT.
+    pub bat_offset: u64,
 }
 
 type Damage = Box<dyn Fn(&mut Vec<u8>, &Layout)>;
@@ -164,6 +166,7 @@ pub struct VhdBuilder {
     fixed_data: Vec<u8>,
     fixed_slack: u64,
     data_alignment: u64,
+    bat_after_locators: Option<u64>,
     damage: Vec<Damage>,
 }
 
@@ -199,6 +202,7 @@ impl VhdBuilder {
             fixed_data: Vec::new(),
             fixed_slack: 0,
             data_alignment: 0,
+            bat_after_locators: None,
             damage: Vec::new(),
         }
     }
@@ -431,6 +435,13 @@ impl VhdBuilder {
         self
     }
 
+    /// Puts the locator data right after the header and the BAT after it,
+    /// at a multiple of `align` bytes (as some Windows writers do).
+    pub fn bat_after_locators(mut self, align: u64) -> Self {
+        self.bat_after_locators = Some(align);
+        self
+    }
+
     /// Damage applied to the finished bytes (after every checksum).
     pub fn corrupt(mut self, f: impl Fn(&mut Vec<u8>) + 'static) -> Self {
         self.damage.push(Box::new(move |b, _| f(b)));
@@ -505,7 +516,13 @@ impl VhdBuilder {
             layout.bat_entries = entries;
             layout.bitmap_size = self.bitmap_size();
             let bat_bytes = (entries * 4).div_ceil(SECTOR) * SECTOR;
-            let mut next = BAT_OFFSET + bat_bytes;
+            let mut next = match self.bat_after_locators {
+                None => {
+                    layout.bat_offset = BAT_OFFSET;
+                    BAT_OFFSET + bat_bytes
+                }
+                Some(_) => BAT_OFFSET,
+            };
             // Locator data.
             let mut loc_entries = Vec::new();
             let mut loc_writes = Vec::new();
@@ -524,6 +541,10 @@ impl VhdBuilder {
                 layout.locators.push(next);
                 loc_writes.push((next, l.data.clone()));
                 next += room * SECTOR;
+            }
+            if let Some(align) = self.bat_after_locators {
+                layout.bat_offset = next.next_multiple_of(align.max(SECTOR));
+                next = layout.bat_offset + bat_bytes;
             }
             // Blocks.
             let span = layout.bitmap_size + bs;
@@ -568,8 +589,8 @@ impl VhdBuilder {
             }
             let mut bat_raw: Vec<u8> = bat.iter().flat_map(|e| e.to_be_bytes()).collect();
             bat_raw.resize(bat_bytes as usize, 0xFF);
-            put(&mut out, BAT_OFFSET, &bat_raw);
-            let header = self.header_bytes(&loc_entries, entries);
+            put(&mut out, layout.bat_offset, &bat_raw);
+            let header = self.header_bytes(&loc_entries, entries, layout.bat_offset);
             put(&mut out, HEADER_OFFSET, &header);
         } else {
             data_offset = u64::MAX;
@@ -615,11 +636,16 @@ impl VhdBuilder {
         f
     }
 
-    fn header_bytes(&self, locators: &[([u8; 4], u32, u32, u64)], entries: u64) -> [u8; 1024] {
+    fn header_bytes(
+        &self,
+        locators: &[([u8; 4], u32, u32, u64)],
+        entries: u64,
+        bat_offset: u64,
+    ) -> [u8; 1024] {
         let mut h = [0u8; 1024];
         h[0..8].copy_from_slice(b"cxsparse");
         h[8..16].copy_from_slice(&self.header_data_offset.to_be_bytes());
-        h[16..24].copy_from_slice(&self.table_offset.unwrap_or(BAT_OFFSET).to_be_bytes());
+        h[16..24].copy_from_slice(&self.table_offset.unwrap_or(bat_offset).to_be_bytes());
         h[24..28].copy_from_slice(&self.header_version.to_be_bytes());
         let mte = self.max_table_entries.unwrap_or(entries as u32);
         h[28..32].copy_from_slice(&mte.to_be_bytes());
