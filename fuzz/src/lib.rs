@@ -1,0 +1,434 @@
+//! The oracles behind the fuzz targets: each target in `fuzz_targets/` is a
+//! few lines that build an input and hand it to one of these.
+
+use arbitrary::Arbitrary;
+use vhdref::model::Disk;
+use vhdref::storage::MemStorage;
+use vhdref::{CreateOptions, DiskType, Error, ErrorKind, Image, OpenOptions, Rule, Timestamp};
+
+/// Guest bytes read per call when reading a whole disk.
+pub const CHUNK: u64 = 1 << 20;
+/// Reads of one disk stop here (reading unallocated space is cheap, but not free).
+pub const READ_CAP: u64 = 256 << 20;
+
+/// Opens `bytes` as an image in memory, read-only. Locators are never
+/// followed (no allowed directory), so a differencing image without a
+/// parent fails with a parent error instead of touching the file system.
+pub fn open_bytes(bytes: &[u8]) -> Result<Image, Error> {
+    OpenOptions::new()
+        .allow_parent_dirs(Vec::new())
+        .open_storage(Box::new(MemStorage::from_bytes(bytes.to_vec())), "fuzz.vhd")
+}
+
+/// An error that an image, however broken, may produce: one naming a rule,
+/// or an I/O, range or parent error.
+pub fn assert_acceptable(e: &Error) {
+    assert!(
+        e.rule().is_some()
+            || matches!(
+                e.kind(),
+                ErrorKind::Io | ErrorKind::OutOfRange | ErrorKind::Parent
+            ),
+        "error without a rule: {e} ({:?})",
+        e.kind()
+    );
+    assert!(!e.to_string().is_empty());
+}
+
+/// Reads the map and then the disk (up to [`READ_CAP`]) in chunks; checks
+/// that the map tiles the disk and that what it calls unallocated reads as
+/// zeros. Errors are returned for the caller to judge.
+pub fn read_everything(img: &mut Image) -> Result<(), Error> {
+    let size = img.size();
+    let map = img.map()?;
+    let mut pos = 0;
+    for e in &map {
+        assert_eq!(e.offset, pos, "map leaves a gap or overlaps: {map:?}");
+        assert!(e.length > 0, "empty extent in {map:?}");
+        assert_eq!(e.data, e.depth.is_some(), "extent {e:?}");
+        pos += e.length;
+    }
+    assert_eq!(pos, size, "map does not cover the disk");
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = 0;
+    while offset < size.min(READ_CAP) {
+        let n = CHUNK.min(size - offset) as usize;
+        img.read_at(offset, &mut buf[..n])?;
+        for e in map.iter().filter(|e| !e.data) {
+            let start = e.offset.max(offset);
+            let end = (e.offset + e.length).min(offset + n as u64);
+            if start < end {
+                let slice = &buf[(start - offset) as usize..(end - offset) as usize];
+                assert!(
+                    slice.iter().all(|&b| b == 0),
+                    "unallocated bytes at {start} are not zero"
+                );
+            }
+        }
+        offset += n as u64;
+    }
+    // Reading past the end is refused, never a panic.
+    let mut one = [0u8; 1];
+    assert!(matches!(
+        img.read_at(size, &mut one).map_err(|e| e.kind()),
+        Err(ErrorKind::OutOfRange)
+    ));
+    Ok(())
+}
+
+/// The `open_read` oracle: whatever the bytes, opening and reading either
+/// works or fails with an acceptable error.
+pub fn open_and_read(bytes: &[u8]) {
+    match open_bytes(bytes) {
+        Ok(mut img) => {
+            if let Err(e) = read_everything(&mut img) {
+                assert_acceptable(&e);
+            }
+        }
+        Err(e) => assert_acceptable(&e),
+    }
+}
+
+/// The `check` oracle (thin until the checker lands): every finding names
+/// a known rule and says something.
+pub fn findings_are_sound(bytes: &[u8]) {
+    let findings = match open_bytes(bytes) {
+        Ok(img) => img
+            .chain()
+            .iter()
+            .flat_map(|i| i.findings().to_vec())
+            .collect(),
+        Err(e) => {
+            assert_acceptable(&e);
+            e.to_finding().into_iter().collect::<Vec<_>>()
+        }
+    };
+    for f in findings {
+        assert!(Rule::ALL.contains(&f.rule), "unknown rule {:?}", f.rule);
+        assert_eq!(f.severity, f.rule.severity());
+        assert!(!f.message.trim().is_empty(), "empty message for {}", f.rule);
+        assert!(
+            !f.message.ends_with(&format!("({})", f.rule.id())),
+            "rule ID twice: {f}"
+        );
+    }
+}
+
+/// Guest sizes the structured targets use: 1 to 8192 sectors (4 MiB).
+pub fn small_size(sectors: u16) -> u64 {
+    (u64::from(sectors) % 8192 + 1) * 512
+}
+
+/// Block sizes `create` accepts, small ones first.
+pub fn block_size(pick: u8) -> u32 {
+    [512 << 10, 1 << 20, 2 << 20][usize::from(pick % 3)]
+}
+
+/// Creates an image in memory with a fixed ID and clock.
+pub fn create_mem(disk_type: DiskType, size: u64, block_size: u32, id: u128) -> Image {
+    CreateOptions::new(disk_type, size)
+        .block_size(block_size)
+        .unique_id(uuid::Uuid::from_u128(id))
+        .time_stamp(Timestamp(0x2000_0000))
+        .create_in(Box::new(MemStorage::new()), format!("img{id}.vhd"), None)
+        .expect("creating a small image in memory works")
+}
+
+/// Bytes of a write: position dependent, so misplaced data shows.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i / 7) as u8).wrapping_mul(31) ^ (i as u8))
+        .collect()
+}
+
+/// One step of a driver-vs-model run.
+#[derive(Arbitrary, Debug, Clone)]
+pub enum Op {
+    /// Write `len` pattern bytes at `offset` (both taken modulo the disk).
+    Write {
+        /// Guest offset (mod size).
+        offset: u32,
+        /// Length (mod 128 KiB, clipped at the end).
+        len: u32,
+        /// Pattern seed.
+        seed: u8,
+    },
+    /// Read and compare.
+    Read {
+        /// Guest offset (mod size).
+        offset: u32,
+        /// Length (mod 128 KiB, clipped at the end).
+        len: u32,
+    },
+    /// Flush metadata.
+    Flush,
+    /// Close and open again from the same bytes.
+    Reopen,
+    /// Put a differencing child on top (at most three layers).
+    Child,
+    /// Commit the top child into its parent.
+    Commit,
+    /// Drop the top child; the parent becomes the disk.
+    DropChild,
+}
+
+/// Clamps an op's offset and length into a disk of `size` bytes.
+pub fn clamp(offset: u32, len: u32, size: u64) -> (u64, usize) {
+    let offset = u64::from(offset) % size;
+    let len = (u64::from(len) % (128 << 10)).min(size - offset);
+    (offset, len as usize)
+}
+
+/// An image under test together with the model it must equal.
+pub struct Pair {
+    /// The driver's image (the top of the chain).
+    pub img: Image,
+    /// The model.
+    pub model: Disk,
+    next_id: u128,
+}
+
+impl Pair {
+    /// A fresh image and an empty model of the same size.
+    pub fn new(disk_type: DiskType, size: u64, block_size: u32) -> Pair {
+        Pair {
+            img: create_mem(disk_type, size, block_size, 1),
+            model: Disk::new(size),
+            next_id: 2,
+        }
+    }
+
+    /// Applies one op to both; panics where they disagree.
+    pub fn apply(&mut self, op: &Op) {
+        let size = self.model.size();
+        match *op {
+            Op::Write { offset, len, seed } => {
+                let (offset, len) = clamp(offset, len, size);
+                let data = pattern(seed, len);
+                self.img
+                    .write_at(offset, &data)
+                    .expect("write in range works");
+                self.model.write(offset, &data);
+            }
+            Op::Read { offset, len } => {
+                let (offset, len) = clamp(offset, len, size);
+                self.assert_range(offset, len);
+            }
+            Op::Flush => self.img.flush().expect("flush works"),
+            Op::Reopen => self.reopen(),
+            Op::Child if self.model.depth() < 3 => self.push_child(),
+            Op::Commit if self.model.depth() > 1 => {
+                self.img.commit_into_parent().expect("commit works");
+                self.model.commit_top();
+            }
+            Op::DropChild if self.model.depth() > 1 => {
+                let parent = self.img.take_parent().expect("a child has a parent");
+                self.img = parent;
+                self.model.pop_child();
+            }
+            Op::Child | Op::Commit | Op::DropChild => {}
+        }
+    }
+
+    /// Compares `len` bytes at `offset`.
+    pub fn assert_range(&mut self, offset: u64, len: usize) {
+        let mut got = vec![0u8; len];
+        self.img
+            .read_at(offset, &mut got)
+            .expect("read in range works");
+        let want = self.model.read(offset, len as u64);
+        if got != want {
+            let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "driver and model differ at {}: driver {:#04x}, model {:#04x}",
+                offset + at as u64,
+                got[at],
+                want[at]
+            );
+        }
+    }
+
+    /// Compares the whole disk.
+    pub fn assert_all(&mut self) {
+        let size = self.model.size();
+        let mut offset = 0;
+        while offset < size {
+            let n = (size - offset).min(256 << 10);
+            self.assert_range(offset, n as usize);
+            offset += n;
+        }
+    }
+
+    /// Closes the top image and opens it again from its bytes, with the
+    /// same parent.
+    fn reopen(&mut self) {
+        let placeholder = create_mem(DiskType::Fixed, 512, 0, 0);
+        let mut img = std::mem::replace(&mut self.img, placeholder);
+        let parent = img.take_parent();
+        let name = img.name().to_string();
+        let storage = img.into_storage().expect("flush on close works");
+        let mut options = OpenOptions::new().write(true);
+        if let Some(p) = parent {
+            options = options.parent_image(p);
+        }
+        self.img = options
+            .open_storage(storage, name)
+            .expect("an image we wrote opens again");
+    }
+
+    /// Closes the top image, opens it again as a (writable) parent and
+    /// puts a new differencing child on it.
+    fn push_child(&mut self) {
+        self.reopen();
+        let placeholder = create_mem(DiskType::Fixed, 512, 0, 0);
+        let parent = std::mem::replace(&mut self.img, placeholder);
+        let id = self.next_id;
+        self.next_id += 1;
+        let parent_name = parent.name().to_string();
+        self.img = CreateOptions::new(DiskType::Differencing, 0)
+            .unique_id(uuid::Uuid::from_u128(id))
+            .time_stamp(Timestamp(0x2000_0000))
+            .create_in(
+                Box::new(MemStorage::new()),
+                format!("img{id}.vhd"),
+                Some((parent, &parent_name)),
+            )
+            .expect("creating a child in memory works");
+        self.model.push_child();
+    }
+}
+
+/// Copies the guest contents of `src` into `dst` (same size) through the
+/// library API, skipping what `src`'s map calls unallocated.
+pub fn copy_allocated(src: &mut Image, dst: &mut Image) -> Result<(), Error> {
+    let mut buf = Vec::new();
+    for e in src.map()?.into_iter().filter(|e| e.data) {
+        let mut pos = e.offset;
+        while pos < e.offset + e.length {
+            let n = CHUNK.min(e.offset + e.length - pos);
+            buf.resize(n as usize, 0);
+            src.read_at(pos, &mut buf)?;
+            dst.write_at(pos, &buf)?;
+            pos += n;
+        }
+    }
+    dst.flush()
+}
+
+/// Asserts two images read the same, chunk by chunk.
+pub fn assert_same_contents(a: &mut Image, b: &mut Image) {
+    assert_eq!(a.size(), b.size());
+    let mut x = vec![0u8; CHUNK as usize];
+    let mut y = vec![0u8; CHUNK as usize];
+    let mut offset = 0;
+    while offset < a.size() {
+        let n = CHUNK.min(a.size() - offset) as usize;
+        a.read_at(offset, &mut x[..n]).expect("read works");
+        b.read_at(offset, &mut y[..n]).expect("read works");
+        if x[..n] != y[..n] {
+            let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(0);
+            panic!(
+                "{} and {} differ at {}",
+                a.name(),
+                b.name(),
+                offset + at as u64
+            );
+        }
+        offset += n as u64;
+    }
+}
+
+/// What the `chain` target fuzzes: a parent built from writes, and a
+/// child that is either raw bytes or a valid child with patched bytes.
+#[derive(Arbitrary, Debug)]
+pub struct ChainInput {
+    /// Parent is fixed (else dynamic).
+    pub fixed_parent: bool,
+    /// Parent size, see [`small_size`].
+    pub sectors: u16,
+    /// Parent block size, see [`block_size`].
+    pub block: u8,
+    /// Writes into the parent (offset, length, seed).
+    pub parent_writes: Vec<(u32, u32, u8)>,
+    /// Writes into the valid child before it is patched.
+    pub child_writes: Vec<(u32, u32, u8)>,
+    /// Use `raw` as the child's bytes instead of a patched valid child.
+    pub use_raw: bool,
+    /// The raw child.
+    pub raw: Vec<u8>,
+    /// Byte patches (offset modulo the length, value) of the valid child.
+    pub patches: Vec<(u32, u8)>,
+    /// Open with `ignore_parent_id`.
+    pub ignore_id: bool,
+}
+
+/// All the bytes of a storage.
+pub fn bytes_of(storage: &dyn vhdref::storage::Storage) -> Vec<u8> {
+    let len = storage.len().expect("memory has a length");
+    let mut out = vec![0u8; usize::try_from(len).expect("small")];
+    storage.read_exact_at(&mut out, 0).expect("memory reads");
+    out
+}
+
+/// The `chain` oracle: the child opens on the parent or fails acceptably;
+/// if it opens, it reads; an unpatched valid child opens and reads what
+/// the model says.
+pub fn open_child_on_parent(input: &ChainInput) {
+    let disk_type = if input.fixed_parent {
+        DiskType::Fixed
+    } else {
+        DiskType::Dynamic
+    };
+    let mut pair = Pair::new(
+        disk_type,
+        small_size(input.sectors),
+        block_size(input.block),
+    );
+    for &(offset, len, seed) in input.parent_writes.iter().take(4) {
+        pair.apply(&Op::Write { offset, len, seed });
+    }
+    pair.apply(&Op::Child);
+    for &(offset, len, seed) in input.child_writes.iter().take(4) {
+        pair.apply(&Op::Write { offset, len, seed });
+    }
+    let Pair {
+        mut img, mut model, ..
+    } = pair;
+    let parent = img.take_parent().expect("a child has a parent");
+    let mut child = if input.use_raw {
+        input.raw.clone()
+    } else {
+        bytes_of(&*img.into_storage().expect("flush works"))
+    };
+    let len = child.len();
+    for &(offset, value) in input.patches.iter().take(16) {
+        if len > 0 && !input.use_raw {
+            child[offset as usize % len] = value;
+        }
+    }
+    let pristine = !input.use_raw && input.patches.is_empty();
+    let opened = OpenOptions::new()
+        .parent_image(parent)
+        .ignore_parent_id(input.ignore_id)
+        .allow_parent_dirs(Vec::new())
+        .open_storage(Box::new(MemStorage::from_bytes(child)), "child.vhd");
+    match opened {
+        Ok(mut img) => {
+            if let Err(e) = read_everything(&mut img) {
+                assert!(!pristine, "a valid child fails to read: {e}");
+                assert_acceptable(&e);
+            } else if pristine {
+                let mut pair = Pair {
+                    img,
+                    model: std::mem::replace(&mut model, Disk::new(512)),
+                    next_id: 0,
+                };
+                pair.assert_all();
+            }
+        }
+        Err(e) => {
+            assert!(!pristine, "a valid child fails to open: {e}");
+            assert_acceptable(&e);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Snapshots of what `create` writes: hexdumps of the metadata (footer,
+//! dynamic header, BAT, locators) and the `info --output json` document,
+//! with the unique ID and the clock injected so every byte is fixed.
+//!
+//! Snapshots live in `tests/snapshots/`. To accept a deliberate change of
+//! the on-disk bytes: `INSTA_UPDATE=always cargo test --test snapshots`,
+//! then review the diff of the `.snap` files before committing them.
+
+use uuid::Uuid;
+use vhdref::format::{DYN_HEADER_SIZE, FOOTER_SIZE, Footer};
+use vhdref::storage::MemStorage;
+use vhdref::{CreateOptions, DiskType, Geometry, Image, OpenOptions, SizeRule, Timestamp};
+
+/// 2024-12-31T00:00:00Z, as seconds since 2000-01-01.
+const CREATED: Timestamp = Timestamp(788_832_000);
+/// The parent of the differencing snapshots was made a day earlier.
+const PARENT_CREATED: Timestamp = Timestamp(788_745_600);
+const ID: u128 = 0x0123_4567_89ab_4def_8123_456789abcdef;
+const PARENT_ID: u128 = 0xfedc_ba98_7654_4321_8fed_cba987654321;
+
+/// A hexdump as `hexdump -C` prints it: offset, 16 bytes in hex, ASCII;
+/// a run of lines equal to the one before becomes one `*`. Offsets start
+/// at `base` (the bytes' offset in the file); the last line is the end.
+fn hexdump(bytes: &[u8], base: u64) -> String {
+    let mut out = String::new();
+    let mut previous: Option<&[u8]> = None;
+    let mut starred = false;
+    for (i, line) in bytes.chunks(16).enumerate() {
+        if previous == Some(line) {
+            if !starred {
+                out.push_str("*\n");
+                starred = true;
+            }
+            continue;
+        }
+        previous = Some(line);
+        starred = false;
+        let offset = base + (i * 16) as u64;
+        let mut hex = String::new();
+        for (j, b) in line.iter().enumerate() {
+            if j == 8 {
+                hex.push(' ');
+            }
+            hex.push_str(&format!("{b:02x} "));
+        }
+        let ascii: String = line
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        out.push_str(&format!("{offset:08x}  {hex:<49} |{ascii}|\n"));
+    }
+    out.push_str(&format!("{:08x}\n", base + bytes.len() as u64));
+    out
+}
+
+/// Options with the ID and the clock fixed.
+fn options(disk_type: DiskType, size: u64) -> CreateOptions {
+    CreateOptions::new(disk_type, size)
+        .unique_id(Uuid::from_u128(ID))
+        .time_stamp(CREATED)
+}
+
+/// Creates an image in memory, closes it and returns its bytes.
+fn create(options: &CreateOptions) -> Vec<u8> {
+    let mem = MemStorage::new();
+    options
+        .create_in(Box::new(mem.clone()), "disk.vhd", None)
+        .and_then(Image::close)
+        .expect("create works");
+    mem.to_vec()
+}
+
+/// A dynamic parent and an empty differencing child of it, both in memory;
+/// the child's locators name the parent `parent.vhd`, relative, so no
+/// path of this machine appears.
+fn parent_and_child() -> (MemStorage, MemStorage) {
+    let parent = MemStorage::new();
+    CreateOptions::new(DiskType::Dynamic, 16 << 20)
+        .unique_id(Uuid::from_u128(PARENT_ID))
+        .time_stamp(PARENT_CREATED)
+        .create_in(Box::new(parent.clone()), "parent.vhd", None)
+        .and_then(Image::close)
+        .expect("create parent");
+    let child = MemStorage::new();
+    let parent_image = open(&parent, "parent.vhd", None);
+    CreateOptions::new(DiskType::Differencing, 0)
+        .unique_id(Uuid::from_u128(ID))
+        .time_stamp(CREATED)
+        .create_in(
+            Box::new(child.clone()),
+            "child.vhd",
+            Some((parent_image, "parent.vhd")),
+        )
+        .and_then(Image::close)
+        .expect("create child");
+    (parent, child)
+}
+
+fn open(mem: &MemStorage, name: &str, parent: Option<Image>) -> Image {
+    let mut options = OpenOptions::new();
+    if let Some(p) = parent {
+        options = options.parent_image(p);
+    }
+    options
+        .open_storage(Box::new(mem.clone()), name)
+        .expect("open works")
+}
+
+fn footer_at(bytes: &[u8], offset: usize) -> Footer {
+    let raw: &[u8; FOOTER_SIZE] = bytes[offset..offset + FOOTER_SIZE]
+        .try_into()
+        .expect("512 bytes");
+    Footer::parse(raw).expect("a valid footer")
+}
+
+/// The footer of a fixed image (the file's last 512 bytes).
+fn fixed_dump(bytes: &[u8]) -> String {
+    let at = bytes.len() - FOOTER_SIZE;
+    hexdump(&bytes[at..], at as u64)
+}
+
+/// A new dynamic or differencing image is all metadata: footer copy,
+/// dynamic header, BAT, locator data, footer. Dump all of it.
+fn sparse_dump(bytes: &[u8]) -> String {
+    assert_eq!(
+        bytes[..FOOTER_SIZE],
+        bytes[bytes.len() - FOOTER_SIZE..],
+        "footer copy equals footer"
+    );
+    hexdump(bytes, 0)
+}
+
+/// Checks by hand what the snapshot shows, so a wrong snapshot cannot be
+/// accepted by accident: cookies, sizes, geometry, an empty BAT.
+fn assert_sparse_layout(bytes: &[u8], size: u64, block_size: u32) {
+    let footer = footer_at(bytes, bytes.len() - FOOTER_SIZE);
+    assert_eq!(footer.current_size, size);
+    assert_eq!(footer.original_size, size);
+    assert_eq!(footer.data_offset, FOOTER_SIZE as u64);
+    assert_eq!(&bytes[512..520], b"cxsparse");
+    let header = vhdref::format::DynHeader::parse(
+        bytes[512..512 + DYN_HEADER_SIZE].try_into().expect("1024"),
+        512,
+    )
+    .expect("a valid dynamic header");
+    assert_eq!(header.block_size, block_size);
+    assert_eq!(header.table_offset, 1536);
+    let blocks = size.div_ceil(u64::from(block_size)) as usize;
+    assert_eq!(header.max_table_entries as usize, blocks);
+    let bat = &bytes[1536..1536 + blocks.div_ceil(128) * 512];
+    assert!(
+        bat.iter().all(|&b| b == 0xff),
+        "a new BAT is all unallocated, padding included"
+    );
+}
+
+#[test]
+fn fixed_image_with_exact_size_writes_this_footer() {
+    let size = 6 << 20;
+    let bytes = create(&options(DiskType::Fixed, size));
+    assert_eq!(bytes.len() as u64, size + 512);
+    let footer = footer_at(&bytes, bytes.len() - FOOTER_SIZE);
+    assert_eq!(footer.current_size, size);
+    assert_eq!(footer.data_offset, u64::MAX);
+    assert_eq!(footer.disk_geometry, Geometry::for_size(size));
+    insta::assert_snapshot!("fixed_exact_6m_footer", fixed_dump(&bytes));
+}
+
+#[test]
+fn fixed_image_with_chs_size_rounds_up_to_its_geometry() {
+    let bytes = create(&options(DiskType::Fixed, 10_000_000).size_rule(SizeRule::Chs));
+    let footer = footer_at(&bytes, bytes.len() - FOOTER_SIZE);
+    assert!(footer.current_size >= 10_000_000);
+    assert_eq!(
+        footer.disk_geometry.capacity(),
+        footer.current_size,
+        "the geometry describes the size exactly"
+    );
+    assert_eq!(bytes.len() as u64, footer.current_size + 512);
+    insta::assert_snapshot!("fixed_chs_10mb_footer", fixed_dump(&bytes));
+}
+
+#[test]
+fn dynamic_image_with_exact_size_writes_this_metadata() {
+    let size = 64 << 20;
+    let bytes = create(&options(DiskType::Dynamic, size));
+    assert_sparse_layout(&bytes, size, 2 << 20);
+    assert_eq!(footer_at(&bytes, 0).disk_geometry, Geometry::for_size(size));
+    insta::assert_snapshot!("dynamic_exact_64m", sparse_dump(&bytes));
+}
+
+#[test]
+fn dynamic_image_with_chs_size_rounds_up_to_its_geometry() {
+    let bytes = create(&options(DiskType::Dynamic, 100_000_000).size_rule(SizeRule::Chs));
+    let footer = footer_at(&bytes, 0);
+    assert!(footer.current_size >= 100_000_000);
+    assert_eq!(footer.disk_geometry.capacity(), footer.current_size);
+    assert_sparse_layout(&bytes, footer.current_size, 2 << 20);
+    insta::assert_snapshot!("dynamic_chs_100mb", sparse_dump(&bytes));
+}
+
+#[test]
+fn dynamic_image_with_512k_blocks_writes_this_metadata() {
+    let size = 40 << 20;
+    let bytes = create(&options(DiskType::Dynamic, size).block_size(512 << 10));
+    assert_sparse_layout(&bytes, size, 512 << 10);
+    insta::assert_snapshot!("dynamic_block_512k_40m", sparse_dump(&bytes));
+}
+
+#[test]
+fn differencing_child_records_its_parent_and_a_relative_locator() {
+    let (parent, child) = parent_and_child();
+    let bytes = child.to_vec();
+    assert_sparse_layout(&bytes, 16 << 20, 2 << 20);
+    let header = open(&child, "child.vhd", Some(open(&parent, "parent.vhd", None)))
+        .dyn_header()
+        .cloned()
+        .expect("a header");
+    assert_eq!(header.parent_unique_id, Uuid::from_u128(PARENT_ID));
+    assert_eq!(header.parent_time_stamp, PARENT_CREATED);
+    assert_eq!(footer_at(&bytes, 0).disk_type, DiskType::Differencing);
+    let dump = sparse_dump(&bytes);
+    assert!(
+        !dump.contains("/tmp") && !dump.contains("/work"),
+        "no path of this machine"
+    );
+    insta::assert_snapshot!("differencing_child_16m", dump);
+}
+
+#[test]
+fn hexdump_stars_repeated_lines_and_ends_with_the_length() {
+    let mut bytes = vec![0u8; 64];
+    bytes[0] = b'A';
+    assert_eq!(
+        hexdump(&bytes, 0x200),
+        "00000200  41 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |A...............|\n\
+         00000210  00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00  |................|\n\
+         *\n\
+         00000240\n"
+    );
+}
