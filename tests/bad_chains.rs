@@ -39,7 +39,7 @@ fn write(path: &Path, b: &VhdBuilder) -> PathBuf {
 fn rule_of(result: vhdref::Result<Image>) -> (Option<&'static str>, String) {
     match result {
         Ok(img) => panic!("opened, with findings {:?}", img.findings()),
-        Err(e) => (e.rule().map(|r| r.id()), e.to_string()),
+        Err(e) => (e.rule().map(vhdref::Rule::id), e.to_string()),
     }
 }
 

@@ -56,6 +56,7 @@ fn dynamic() -> VhdBuilder {
         )
 }
 
+#[allow(clippy::needless_pass_by_value)] // reads better at the call sites
 fn error(name: &'static str, b: VhdBuilder, rule: &'static str) -> Case {
     Case {
         name,
@@ -76,6 +77,7 @@ fn raw(name: &'static str, bytes: Vec<u8>, rule: &'static str) -> Case {
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // reads better at the call sites
 fn warning(name: &'static str, b: VhdBuilder, rule: &'static str) -> Case {
     Case {
         name,
@@ -96,6 +98,7 @@ fn set_bat(bytes: &mut [u8], index: usize, entry: u32) {
     bytes[at..at + 4].copy_from_slice(&entry.to_be_bytes());
 }
 
+#[allow(clippy::too_many_lines)] // one table
 fn cases() -> Vec<Case> {
     let mut v = vec![
         raw("empty file", Vec::new(), "FTR-SIZE"),
@@ -435,7 +438,7 @@ fn run(case: &Case) -> Result<(), String> {
         .open_storage(Box::new(storage), "x.vhd");
     match (case.expect, opened) {
         (Expect::Error(rule), Err(e)) => {
-            let got = e.rule().map(|r| r.id());
+            let got = e.rule().map(vhdref::Rule::id);
             if got != Some(rule) {
                 return Err(format!("expected {rule}, got {got:?}: {e}"));
             }
@@ -594,7 +597,7 @@ fn read_some(img: &mut Image) -> vhdref::Result<()> {
     Ok(())
 }
 
-fn fix_checksums(bytes: &mut Vec<u8>) {
+fn fix_checksums(bytes: &mut [u8]) {
     let n = bytes.len();
     if n >= 512 {
         builder::set_footer_checksum(&mut bytes[n - 512..]);

@@ -177,7 +177,11 @@ fn a_drive_letter_path_alone_is_reported_with_the_reason_it_was_skipped() {
     let path = dir.path().join("child.vhd");
     std::fs::write(&path, child.build()).unwrap();
     let err = Image::open(&path).unwrap_err();
-    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-NOT-FOUND"), "{err}");
+    assert_eq!(
+        err.rule().map(vhdref::Rule::id),
+        Some("PAR-NOT-FOUND"),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(
         text.contains("drive-letter") && text.contains("VMs"),
@@ -289,7 +293,11 @@ fn a_mac_alias_alone_is_reported_as_undecodable() {
     let path = dir.path().join("child.vhd");
     std::fs::write(&path, child.build()).unwrap();
     let err = Image::open(&path).unwrap_err();
-    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-NOT-FOUND"), "{err}");
+    assert_eq!(
+        err.rule().map(vhdref::Rule::id),
+        Some("PAR-NOT-FOUND"),
+        "{err}"
+    );
     assert!(err.to_string().contains("Mac alias"), "{err}");
 }
 

@@ -505,6 +505,7 @@ impl VhdBuilder {
     }
 
     /// The finished image and where things went.
+    #[allow(clippy::too_many_lines)] // one layout, top to bottom
     pub fn build_with_layout(&self) -> (Vec<u8>, Layout) {
         let mut layout = Layout::default();
         let mut out: Vec<u8>;
