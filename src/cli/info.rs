@@ -259,6 +259,13 @@ fn info_human(image: &Image) -> String {
         format!("{} ({:#x})", image.footer_offset(), image.footer_offset()),
     );
     let mut out = t.render("");
+    out.push_str(&chain_text(image));
+    out
+}
+
+/// The warnings of every image of the chain, and the chain itself.
+fn chain_text(image: &Image) -> String {
+    let mut out = String::new();
     let warnings: Vec<(usize, &Image, &Finding)> = image
         .chain()
         .into_iter()

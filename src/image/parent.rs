@@ -30,7 +30,9 @@ use super::{Image, Layout};
 
 /// How the parent of a differencing image was found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "via", rename_all = "snake_case")]
+// Adjacently tagged: an internally tagged enum cannot serialize the
+// newtype variants holding a string (serde errors at run time).
+#[serde(tag = "via", content = "detail", rename_all = "snake_case")]
 pub enum ParentSource {
     /// Given by the caller.
     Caller(String),
