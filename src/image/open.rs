@@ -205,7 +205,25 @@ impl OpenOptions {
 }
 
 fn open_file(path: &Path, write: bool) -> Result<FileStorage> {
+    // Opening a FIFO or socket would block or fail oddly: only regular
+    // files and block devices hold images.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    if !meta.is_file() && !is_block_device(&meta) {
+        return Err(Error::InvalidArgument(
+            "not a regular file or block device".to_string(),
+        ));
+    }
     FileStorage::open(path, write).map_err(|e| file_open_error(path, e))
+}
+
+#[cfg(unix)]
+fn is_block_device(meta: &std::fs::Metadata) -> bool {
+    std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())
+}
+
+#[cfg(not(unix))]
+fn is_block_device(_meta: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Turns a storage open failure into an error naming the image.

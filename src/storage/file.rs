@@ -75,7 +75,13 @@ impl FileStorage {
 
 impl Storage for FileStorage {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        let meta = self.file.metadata()?;
+        if meta.is_file() {
+            Ok(meta.len())
+        } else {
+            // A block device reports length 0 in its metadata.
+            io::Seek::seek(&mut &self.file, io::SeekFrom::End(0))
+        }
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
