@@ -243,5 +243,9 @@ fn sevenzip_and_vhdref_refuse_a_child_without_its_parent() {
     std::fs::rename(&case.chain[1], dir.path().join("parent.moved"))
         .expect("moving the parent away");
     let err = Image::open(&lone).expect_err("vhdref opened a child without its parent");
-    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-NOT-FOUND"), "{err}");
+    assert_eq!(
+        err.rule().map(vhdref::Rule::id),
+        Some("PAR-NOT-FOUND"),
+        "{err}"
+    );
 }

@@ -1,5 +1,5 @@
 //! libvhdi reads what vhdref writes: pyvhdi (Debian's 2021 binding under
-//! `/usr/bin/python3`, and PyPI's 2026 libvhdi-python in `$VHDREF_VENV`)
+//! `/usr/bin/python3`, and the 2026 `libvhdi-python` package in `$VHDREF_VENV`)
 //! and `vhdiinfo`.
 //!
 //! Fixed and dynamic images read exactly as vhdref reads them. Two libvhdi
@@ -446,5 +446,9 @@ fn pyvhdi_and_vhdref_both_refuse_a_parent_with_another_identity() {
         .parent(&stranger)
         .open(&child)
         .expect_err("vhdref accepted a parent with another identifier");
-    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-UNIQUE-ID"), "{err}");
+    assert_eq!(
+        err.rule().map(vhdref::Rule::id),
+        Some("PAR-UNIQUE-ID"),
+        "{err}"
+    );
 }

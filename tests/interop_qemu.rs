@@ -77,7 +77,7 @@ fn finding_ids(img: &Image) -> Vec<&'static str> {
     img.findings().iter().map(|f| f.rule.id()).collect()
 }
 
-/// What vhdref finds in a QEMU image: `qem2` (force_size) writes the
+/// What vhdref finds in a QEMU image: `qem2` (`force_size`) writes the
 /// largest geometry whatever the size, which the spec algorithm would not
 /// give (GEO-ALGORITHM); `qemu` images are clean.
 fn expected_qemu_findings(force_size: bool) -> Vec<&'static str> {

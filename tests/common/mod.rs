@@ -212,7 +212,7 @@ pub enum Peer {
     Vhdiinfo,
     /// pyvhdi from Debian's python3-libvhdi (2021), under `/usr/bin/python3`.
     PyvhdiSystem,
-    /// pyvhdi from PyPI's libvhdi-python (2026), in the venv.
+    /// pyvhdi from the `libvhdi-python` package (2026), in the venv.
     PyvhdiVenv,
     Pyvhd,
     Dissect,
@@ -280,9 +280,12 @@ pub fn peer_available(peer: Peer) -> bool {
     match result {
         Ok(()) => true,
         Err(why) => {
-            if std::env::var_os("VHDREF_REQUIRE_PEERS").is_some_and(|v| v == "1") {
-                panic!("{}: {why} (and VHDREF_REQUIRE_PEERS=1)", peer.name());
-            }
+            let required = std::env::var_os("VHDREF_REQUIRE_PEERS").is_some_and(|v| v == "1");
+            assert!(
+                !required,
+                "{}: {why} (and VHDREF_REQUIRE_PEERS=1)",
+                peer.name()
+            );
             eprintln!("SKIP: {}: {why}", peer.name());
             false
         }
@@ -442,7 +445,7 @@ pub struct Case {
     pub name: &'static str,
     /// The image and then its parents (each in the same directory).
     pub chain: Vec<PathBuf>,
-    /// The guest bytes the image must read as (current_size long).
+    /// The guest bytes the image must read as (`current_size` long).
     pub expected: Vec<u8>,
     pub disk_type: DiskType,
 }
@@ -574,6 +577,7 @@ pub fn make_child(
 /// fixed parent, a child of a child, and a child written in whole 4 KiB
 /// pages), each chain in its own directory under
 /// `root`. Small (at most 12 MiB each) and deterministic for a seed.
+#[allow(clippy::too_many_lines)]
 pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
