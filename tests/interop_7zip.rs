@@ -23,6 +23,7 @@ fn extract_to_stdout(image: &Path) -> std::process::Output {
 
 #[test]
 fn sevenzip_streams_our_images_byte_for_byte() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::SevenZip) {
         return;
     }
@@ -52,6 +53,7 @@ fn sevenzip_streams_our_images_byte_for_byte() {
 
 #[test]
 fn sevenzip_extracts_our_images_to_img_files() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::SevenZip) {
         return;
     }
@@ -107,6 +109,7 @@ fn listing(image: &Path) -> String {
 
 #[test]
 fn sevenzip_lists_our_size_type_block_size_and_chain() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::SevenZip) {
         return;
     }
@@ -199,6 +202,7 @@ fn sevenzip_lists_our_size_type_block_size_and_chain() {
 /// vhdref refuses it too (PAR-NOT-FOUND).
 #[test]
 fn sevenzip_and_vhdref_refuse_a_child_without_its_parent() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::SevenZip) {
         return;
     }

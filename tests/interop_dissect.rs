@@ -56,6 +56,7 @@ fn dissect_read(dir: &Path, image: &Path) -> (Vec<u8>, u64) {
 
 #[test]
 fn dissect_reads_our_fixed_and_dynamic_images() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Dissect) {
         return;
     }
@@ -86,6 +87,7 @@ fn dissect_reads_our_fixed_and_dynamic_images() {
 /// data area of each block the child allocated and zeros elsewhere.
 #[test]
 fn dissect_reads_our_differencing_child_as_a_lone_dynamic_disk() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Dissect) {
         return;
     }
@@ -137,6 +139,7 @@ fn pyvhd_convert(dir: &Path, raw: &[u8], name: &str) -> std::path::PathBuf {
 
 #[test]
 fn images_pyvhd_converts_from_raw_read_like_the_raw() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Pyvhd) {
         return;
     }
@@ -176,6 +179,7 @@ fn images_pyvhd_converts_from_raw_read_like_the_raw() {
 /// to 4,999,680). A divergence on purpose, recorded in spec/divergences.md.
 #[test]
 fn an_unaligned_pyvhd_image_is_refused_by_vhdref_and_read_by_libvhdi() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Pyvhd) {
         return;
     }
@@ -214,6 +218,7 @@ fn an_unaligned_pyvhd_image_is_refused_by_vhdref_and_read_by_libvhdi() {
 /// what vhdref reads.
 #[test]
 fn dissect_and_vhdref_agree_on_a_pyvhd_image() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Pyvhd) || !peer_available(Peer::Dissect) {
         return;
     }

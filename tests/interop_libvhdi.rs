@@ -142,11 +142,13 @@ fn pyvhdi_reads_every_case(peer: Peer, seed: u64) {
 
 #[test]
 fn system_pyvhdi_reads_our_images_as_libvhdi_bitmap_rule_predicts() {
+    let _serial = common::one_at_a_time();
     pyvhdi_reads_every_case(Peer::PyvhdiSystem, 0x11);
 }
 
 #[test]
 fn venv_pyvhdi_reads_our_images_as_libvhdi_bitmap_rule_predicts() {
+    let _serial = common::one_at_a_time();
     pyvhdi_reads_every_case(Peer::PyvhdiVenv, 0x12);
 }
 
@@ -157,6 +159,7 @@ fn venv_pyvhdi_reads_our_images_as_libvhdi_bitmap_rule_predicts() {
 /// first set bit of each byte on.
 #[test]
 fn pyvhdi_reads_a_bitmap_byte_from_the_child_from_its_first_set_bit_on() {
+    let _serial = common::one_at_a_time();
     let peers: Vec<Peer> = PYVHDI_PEERS
         .into_iter()
         .filter(|&p| peer_available(p))
@@ -239,6 +242,7 @@ fn pyvhdi_reads_a_bitmap_byte_from_the_child_from_its_first_set_bit_on() {
 /// with 2 MiB blocks read in one 4 MiB read is right.
 #[test]
 fn pyvhdi_loses_the_next_small_block_in_a_read_that_crosses_into_it() {
+    let _serial = common::one_at_a_time();
     let peers: Vec<Peer> = PYVHDI_PEERS
         .into_iter()
         .filter(|&p| peer_available(p))
@@ -302,6 +306,7 @@ fn vhdiinfo_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn vhdiinfo_reports_our_size_type_identity_and_parent() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::Vhdiinfo) {
         return;
     }
@@ -384,6 +389,7 @@ fn vhdiinfo_reports_our_size_type_identity_and_parent() {
 /// child records, and vhdref refuses the same chain (PAR-UNIQUE-ID).
 #[test]
 fn pyvhdi_and_vhdref_both_refuse_a_parent_with_another_identity() {
+    let _serial = common::one_at_a_time();
     let peers: Vec<Peer> = PYVHDI_PEERS
         .into_iter()
         .filter(|&p| peer_available(p))

@@ -90,6 +90,7 @@ fn expected_qemu_findings(force_size: bool) -> Vec<&'static str> {
 
 #[test]
 fn images_qemu_img_creates_open_with_qemus_size_and_read_zeros() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::QemuImg) {
         return;
     }
@@ -175,6 +176,7 @@ fn raw_with_scattered_data(size: u64, rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn images_qemu_img_converts_from_raw_read_like_the_raw() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::QemuImg) {
         return;
     }
@@ -271,6 +273,7 @@ fn qemu_compare(image: &Path, raw: &Path) -> Option<i32> {
 
 #[test]
 fn qemu_reads_images_we_create_and_write_as_identical_to_the_raw() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::QemuImg) {
         return;
     }
@@ -336,6 +339,7 @@ fn qemu_reads_images_we_create_and_write_as_identical_to_the_raw() {
 
 #[test]
 fn qemu_io_writes_into_images_we_create_and_we_read_them() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::QemuIo) {
         return;
     }
@@ -429,6 +433,7 @@ fn qemu_io_writes_into_images_we_create_and_we_read_them() {
 /// reads the chain.
 #[test]
 fn qemu_reads_our_differencing_child_as_a_lone_dynamic_disk() {
+    let _serial = common::one_at_a_time();
     if !peer_available(Peer::QemuImg) {
         return;
     }

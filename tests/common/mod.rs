@@ -190,6 +190,17 @@ pub fn write_at(img: &mut Image, expected: &mut [u8], offset: u64, data: &[u8]) 
 // ---------------------------------------------------------------------------
 // Running tools
 
+/// Runs the tests of one binary one at a time: call first in every test
+/// and keep the guard. vhdref locks image files with `flock`, and a process
+/// spawned by another test thread briefly holds a duplicate of every open
+/// descriptor (between fork and exec), lock included; reopening an image
+/// just closed could then fail as "in use" at random.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `$VHDREF_VENV` (default `/opt/vhdref-venv`).
 pub fn venv_dir() -> PathBuf {
     std::env::var_os("VHDREF_VENV").map_or_else(|| PathBuf::from("/opt/vhdref-venv"), PathBuf::from)
