@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::{Error, ErrorKind, Finding, Image, Rule, Severity};
 
 use super::CmdResult;
+use super::args::ParentArgs;
 use super::info::severity_name;
 use super::output::{Failure, print, print_json, report};
 
@@ -32,6 +33,9 @@ pub struct CheckArgs {
     /// Treat warnings as errors (exit 2 instead of 3).
     #[arg(long)]
     pub strict: bool,
+    /// How the parent of a differencing image is found.
+    #[command(flatten)]
+    pub parent: ParentArgs,
 }
 
 /// Output formats of `check`.
@@ -64,18 +68,35 @@ enum Outcome {
 pub fn run(args: &CheckArgs) -> CmdResult {
     let path = &args.image;
     let name = path.display().to_string();
-    let outcome = match Image::open(path) {
-        Ok(img) => Outcome::Checked(
-            img.chain()
-                .iter()
-                .flat_map(|i| {
-                    i.findings().iter().map(|f| Located {
-                        image: i.name().to_string(),
-                        finding: f.clone(),
-                    })
+    let chain_findings = |img: &Image| -> Vec<Located> {
+        img.chain()
+            .iter()
+            .flat_map(|i| {
+                i.findings().iter().map(|f| Located {
+                    image: i.name().to_string(),
+                    finding: f.clone(),
                 })
-                .collect(),
-        ),
+            })
+            .collect()
+    };
+    let outcome = match args.parent.open_options().open(path) {
+        Ok(img) => Outcome::Checked(chain_findings(&img)),
+        // A broken chain: judge the child on its own, and report why its
+        // parent could not be used.
+        Err(e) if e.kind() == ErrorKind::Parent => match args.parent.open_options().skip_parent(true).open(path) {
+            Ok(img) => {
+                let mut found = chain_findings(&img);
+                found.extend(e.to_finding().map(|finding| Located {
+                    image: name.clone(),
+                    finding,
+                }));
+                Outcome::Checked(found)
+            }
+            Err(_) => Outcome::Checked(vec![Located {
+                image: name.clone(),
+                finding: e.to_finding().unwrap_or_else(|| Finding::new(Rule::ParNotFound, e.to_string())),
+            }]),
+        },
         Err(e) => match (e.kind(), e.to_finding()) {
             (ErrorKind::NotVhd | ErrorKind::Io, _) | (_, None) => Outcome::NotChecked(e),
             (_, Some(finding)) => Outcome::Checked(vec![Located {

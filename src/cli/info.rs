@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::format::SECTOR_SIZE;
 use crate::format::geometry::MAX_CHS_SECTORS;
-use crate::{Finding, Image, ParentSource};
+use crate::{ErrorKind, Finding, Image, ParentSource};
 
 use super::CmdResult;
 use super::args::{Output, ParentArgs};
@@ -34,16 +34,29 @@ pub struct InfoArgs {
 
 /// Runs `vhd info`.
 pub fn run(args: &InfoArgs) -> CmdResult {
-    let img = args
-        .parent
-        .open_options()
-        .open(&args.image)
-        .map_err(|e| Failure::image(&args.image, &e))?;
+    // A child whose parent cannot be used is still shown (without its
+    // chain), and the parent error is reported after it: exit status 1.
+    let (img, parent_error) = match args.parent.open_options().open(&args.image) {
+        Ok(img) => (img, None),
+        Err(e) if e.kind() == ErrorKind::Parent => {
+            let img = args
+                .parent
+                .open_options()
+                .skip_parent(true)
+                .open(&args.image)
+                .map_err(|_| Failure::image(&args.image, &e))?;
+            (img, Some(e))
+        }
+        Err(e) => return Err(Failure::image(&args.image, &e)),
+    };
     match args.output {
         Output::Json => print_json(&info_json(&img))?,
         Output::Human => print(&info_human(&img))?,
     }
-    Ok(0)
+    match parent_error {
+        Some(e) => Err(Failure::image(&args.image, &e)),
+        None => Ok(0),
+    }
 }
 
 /// The JSON document of `vhd info --output json` (schema version 1). It
