@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proptest::prelude::*;
 use vhdref::model::Disk;
 use vhdref::storage::{MemStorage, Storage};
-use vhdref::{CreateOptions, DiskType, Image, OpenOptions};
+use vhdref::{CreateOptions, DiskType, Image, OpenOptions, Rule};
 
 const SECTOR: u64 = 512;
 const KIB: u64 = 1024;
@@ -218,6 +218,21 @@ impl Allowed {
     }
 }
 
+/// What a judged crash state read.
+struct Judged {
+    disk: Vec<u8>,
+    /// The trailing footer was not valid; the image opened from its copy.
+    from_copy: bool,
+}
+
+/// How many crash states a run judged.
+#[derive(Debug, Default)]
+struct Cuts {
+    states: usize,
+    /// States whose trailing footer was lost (power loss only).
+    from_copy: usize,
+}
+
 /// A recorded sequence and everything needed to judge its cuts.
 struct Recorded {
     /// The image's bytes before the sequence.
@@ -349,11 +364,13 @@ impl Recorded {
     }
 
     /// Opens the image read-only, reads the whole disk and checks every
-    /// sector; returns what it read.
-    fn judge(&self, bytes: Vec<u8>, what: &str) -> Vec<u8> {
+    /// sector; returns what it read and whether only the footer copy at
+    /// offset 0 was valid.
+    fn judge(&self, bytes: Vec<u8>, what: &str) -> Judged {
         let mut img = self
             .open(bytes, false)
             .unwrap_or_else(|e| panic!("{what}: a read-only open failed: {e}"));
+        let from_copy = img.findings().iter().any(|f| f.rule == Rule::FtrTrailing);
         let mut disk = vec![0u8; img.size() as usize];
         img.read_at(0, &mut disk)
             .unwrap_or_else(|e| panic!("{what}: reading the disk failed: {e}"));
@@ -363,13 +380,13 @@ impl Recorded {
                 "{what}: sector {n} holds neither its old nor its new contents"
             );
         }
-        disk
+        Judged { disk, from_copy }
     }
 
     /// The image after a cut after the whole sequence reads exactly the
     /// new contents.
     fn judge_complete(&self, bytes: Vec<u8>, what: &str) {
-        let got = self.judge(bytes, what);
+        let got = self.judge(bytes, what).disk;
         let size = self.after.size();
         let want: Vec<u8> = (0..size / SECTOR)
             .flat_map(|n| self.after.sector(n))
@@ -428,21 +445,25 @@ impl Recorded {
     /// Every cut: after each whole operation, each write torn at each of
     /// its sector boundaries, and power loss keeping any subset of the
     /// writes since the last sync. Returns how many states were judged.
-    fn judge_every_cut(&self) -> usize {
+    fn judge_every_cut(&self) -> Cuts {
         let n = self.log.len();
-        let mut states = 0;
+        let mut cuts = Cuts::default();
         // Whole operations: the state after the first k.
         for k in 0..=n {
             let what = format!("cut after {k} of {n} operations");
             let bytes = self.replay(0..k);
             let seen = self.judge(bytes.clone(), &what);
+            assert!(
+                !seen.from_copy,
+                "{what}: the file does not end with a footer"
+            );
             if k == n {
                 self.judge_complete(bytes.clone(), &what);
             }
             if k % 3 == 0 || k == n {
-                self.judge_recovery(bytes, &seen, &what);
+                self.judge_recovery(bytes, &seen.disk, &what);
             }
-            states += 1;
+            cuts.states += 1;
         }
         // Torn writes: the first k operations, then part of operation k.
         for k in 0..n {
@@ -451,10 +472,14 @@ impl Recorded {
                 self.log[k].apply_torn(&mut bytes, upto);
                 let what = format!("operation {k} of {n} torn at file offset {upto}");
                 let seen = self.judge(bytes.clone(), &what);
+                assert!(
+                    !seen.from_copy,
+                    "{what}: the file does not end with a footer"
+                );
                 if k % 4 == 0 {
-                    self.judge_recovery(bytes, &seen, &what);
+                    self.judge_recovery(bytes, &seen.disk, &what);
                 }
-                states += 1;
+                cuts.states += 1;
             }
         }
         // Power loss: everything up to a sync, then any subset of the
@@ -478,8 +503,8 @@ impl Recorded {
                 let what = format!(
                     "power loss before the sync at operation {sync} keeping writes {subset:#b} of {window:?}"
                 );
-                self.judge(bytes, &what);
-                states += 1;
+                cuts.from_copy += usize::from(self.judge(bytes, &what).from_copy);
+                cuts.states += 1;
             }
             window_start = sync + 1;
         }
@@ -488,7 +513,7 @@ impl Recorded {
             matches!(self.log.last(), Some(Mutation::Sync)),
             "a flush ends with a sync"
         );
-        states
+        cuts
     }
 }
 
@@ -558,8 +583,15 @@ fn dynamic_image_survives_a_crash_at_every_point_of_a_write_sequence() {
         &prepare,
         &sequence,
     );
-    let states = rec.judge_every_cut();
-    assert!(states > 50, "only {states} crash states");
+    let cuts = rec.judge_every_cut();
+    assert!(cuts.states > 50, "only {cuts:?} crash states");
+    // Power loss before the first sync can lose the footer written after
+    // a new block while keeping data past the old end: the image must
+    // still open, read-only, from the footer copy.
+    assert!(
+        cuts.from_copy > 0,
+        "no state lost its trailing footer: {cuts:?}"
+    );
 }
 
 #[test]
@@ -597,8 +629,8 @@ fn differencing_child_survives_a_crash_at_every_point_of_a_write_sequence() {
         &prepare,
         &sequence,
     );
-    let states = rec.judge_every_cut();
-    assert!(states > 50, "only {states} crash states");
+    let cuts = rec.judge_every_cut();
+    assert!(cuts.states > 50, "only {cuts:?} crash states");
 }
 
 #[test]
@@ -624,7 +656,7 @@ fn a_crash_before_the_first_flush_leaves_the_old_disk_and_a_usable_image() {
         "the write reached the file before the flush"
     );
     let bytes = rec.replay(0..first_sync);
-    let seen = rec.judge(bytes.clone(), "before the first sync");
+    let seen = rec.judge(bytes.clone(), "before the first sync").disk;
     assert!(
         seen.iter().all(|&b| b == 0),
         "unflushed data became visible"
@@ -667,5 +699,109 @@ proptest! {
         };
         let rec = record(&setup, &prepare, &sequence);
         rec.judge_every_cut();
+    }
+}
+
+#[test]
+fn an_interrupted_commit_leaves_parent_sectors_old_or_new_and_running_it_again_completes_it() {
+    let size = 2 * MIB + 3 * KIB + SECTOR;
+    let b = u64::from(BLOCK);
+    let parent_storage = RecordingStorage::default();
+    let mut disk = Disk::new(size);
+    let mut parent = CreateOptions::new(DiskType::Dynamic, size)
+        .block_size(BLOCK)
+        .create_in(Box::new(parent_storage.clone()), "parent.vhd", None)
+        .expect("create parent");
+    for step in [write(0, 20 * KIB, 0x81), write(3 * b + 100, 5000, 0x82)] {
+        apply(&mut parent, &mut disk, &step);
+    }
+    parent.close().expect("close parent");
+    let open_recorded_parent = |write: bool| {
+        OpenOptions::new()
+            .write(write)
+            .open_storage(Box::new(parent_storage.clone()), "parent.vhd")
+            .expect("open parent")
+    };
+    let child_mem = MemStorage::new();
+    let mut child = CreateOptions::new(DiskType::Differencing, 0)
+        .block_size(1 << 20)
+        .create_in(
+            Box::new(child_mem.clone()),
+            "child.vhd",
+            Some((open_recorded_parent(false), "parent.vhd")),
+        )
+        .expect("create child");
+    disk.push_child();
+    for step in [
+        write(4 * KIB + 10, 3000, 0x91), // over parent data
+        write(b - 1000, 2000, 0x92),     // across into a block the parent lacks
+        write(3 * b, 64 * KIB, 0x93),    // over the parent's other block
+        write(size - 700, 700, 0x94),    // the last, partial block
+    ] {
+        apply(&mut child, &mut disk, &step);
+    }
+    child.close().expect("close child");
+    let mut old_parent = disk.clone();
+    old_parent.pop_child();
+
+    // The commit, recorded on the parent's storage.
+    let start = parent_storage.ops();
+    let before = parent_storage.bytes();
+    let open_child = |parent: Image| {
+        OpenOptions::new()
+            .parent_image(parent)
+            .open_storage(Box::new(child_mem.clone()), "child.vhd")
+            .expect("open child")
+    };
+    let mut child = open_child(open_recorded_parent(true));
+    child.commit_into_parent().expect("commit");
+    child
+        .take_parent()
+        .expect("the parent")
+        .close()
+        .expect("close parent");
+    disk.commit_top();
+    let mut new_parent = disk.clone();
+    new_parent.pop_child();
+    let mut allowed = Allowed::new(&old_parent);
+    allowed.note(&new_parent, 0, size);
+    let rec = Recorded {
+        before,
+        log: parent_storage.log_since(start),
+        allowed,
+        after: new_parent.clone(),
+        parent: None,
+    };
+    let cuts = rec.judge_every_cut();
+    assert!(cuts.states > 20, "only {cuts:?} crash states");
+
+    // Commit is idempotent: running it again over any cut completes it.
+    let want: Vec<u8> = (0..size / SECTOR)
+        .flat_map(|n| new_parent.sector(n))
+        .collect();
+    for k in 0..=rec.log.len() {
+        let mem = MemStorage::from_bytes(rec.replay(0..k));
+        let parent = OpenOptions::new()
+            .write(true)
+            .open_storage(Box::new(mem.clone()), "parent.vhd")
+            .unwrap_or_else(|e| panic!("cut {k}: the parent does not open for writing: {e}"));
+        let mut child = open_child(parent);
+        child
+            .commit_into_parent()
+            .unwrap_or_else(|e| panic!("cut {k}: commit again: {e}"));
+        child
+            .take_parent()
+            .expect("the parent")
+            .close()
+            .expect("close parent");
+        let mut parent = OpenOptions::new()
+            .open_storage(Box::new(mem), "parent.vhd")
+            .expect("open");
+        let mut got = vec![0u8; size as usize];
+        parent.read_at(0, &mut got).expect("read");
+        assert!(
+            got == want,
+            "cut {k}: a second commit did not complete the first"
+        );
     }
 }
