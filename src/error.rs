@@ -51,12 +51,6 @@ pub enum Error {
         /// The disk type field.
         found: u32,
     },
-    /// FTR-CURRENT-SIZE.
-    #[error("current size {size} is not a multiple of 512 bytes (FTR-CURRENT-SIZE)")]
-    FooterCurrentSize {
-        /// The current size field.
-        size: u64,
-    },
     /// FTR-DATA-OFFSET.
     #[error("footer data offset {offset:#x} {reason} (FTR-DATA-OFFSET)")]
     FooterDataOffset {
@@ -254,7 +248,6 @@ impl Error {
             Error::FooterChecksum { .. } => Rule::FtrChecksum,
             Error::FooterVersion { .. } => Rule::FtrVersion,
             Error::FooterDiskType { .. } => Rule::FtrDiskType,
-            Error::FooterCurrentSize { .. } => Rule::FtrCurrentSize,
             Error::FooterDataOffset { .. } => Rule::FtrDataOffset,
             Error::FixedLength { .. } => Rule::FtrFixedLength,
             Error::HeaderCookie { .. } => Rule::HdrCookie,

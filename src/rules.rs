@@ -65,7 +65,7 @@ rules! {
     /// The disk type is fixed, dynamic or differencing.
     FtrDiskType => "FTR-DISK-TYPE", Error, "the disk type is 2 (fixed), 3 (dynamic) or 4 (differencing)";
     /// The current size is a whole number of sectors.
-    FtrCurrentSize => "FTR-CURRENT-SIZE", Error, "the current size is a multiple of 512 bytes";
+    FtrCurrentSize => "FTR-CURRENT-SIZE", Warning, "the current size is a multiple of 512 bytes";
     /// A dynamic or differencing footer points at a dynamic header inside the file.
     FtrDataOffset => "FTR-DATA-OFFSET", Error, "the data offset of a dynamic or differencing footer points at a dynamic header that lies inside the file, after the footer copy and before the trailing footer";
     /// The data offset of a fixed image is all ones.

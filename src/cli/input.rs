@@ -99,13 +99,14 @@ impl Disk {
     }
 
     /// Guest ranges `(offset, length)` that may hold data, in order; the
-    /// rest reads as zeros. A raw file may hold data anywhere.
+    /// rest reads as zeros. For a raw file, the file system's hole map says
+    /// (where it can; else the whole file may hold data).
     pub fn data_ranges(&mut self, path: &Path) -> Result<Vec<(u64, u64)>, Failure> {
         match self {
-            Disk::Raw { len, .. } => Ok(if *len == 0 {
+            Disk::Raw { len, storage } => Ok(if *len == 0 {
                 Vec::new()
             } else {
-                vec![(0, *len)]
+                storage.data_ranges().unwrap_or_else(|| vec![(0, *len)])
             }),
             Disk::Vhd(img) => Ok(img
                 .map()

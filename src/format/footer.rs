@@ -118,7 +118,7 @@ impl DiskType {
 }
 
 /// A footer that passed the hard rules (cookie, checksum, version, disk
-/// type, size in whole sectors).
+/// type).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footer {
     /// Feature bits.
@@ -151,7 +151,7 @@ pub struct Footer {
 
 impl Footer {
     /// Parses 512 footer bytes, checking the hard rules in order: cookie,
-    /// checksum, version, disk type, current size.
+    /// checksum, version, disk type.
     pub fn parse(bytes: &[u8; FOOTER_SIZE]) -> Result<Footer> {
         let raw = RawFooter::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::FooterSize {
             len: bytes.len() as u64,
@@ -163,11 +163,6 @@ impl Footer {
         let disk_type = DiskType::from_code(raw.disk_type.get()).ok_or(Error::FooterDiskType {
             found: raw.disk_type.get(),
         })?;
-        if footer.current_size % SECTOR_SIZE != 0 {
-            return Err(Error::FooterCurrentSize {
-                size: footer.current_size,
-            });
-        }
         Ok(Footer {
             disk_type,
             ..footer
@@ -229,6 +224,15 @@ impl Footer {
             out.push(Finding::new(
                 Rule::FtrFeatures,
                 format!("features field is {:#010x}, expected the reserved bit 0x2 and no unknown bits", self.features),
+            ));
+        }
+        if self.current_size % SECTOR_SIZE != 0 {
+            out.push(Finding::new(
+                Rule::FtrCurrentSize,
+                format!(
+                    "current size {} is not a multiple of 512 bytes; the disk is read as exactly that many bytes",
+                    self.current_size
+                ),
             ));
         }
         if self.saved_state {

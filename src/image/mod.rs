@@ -193,6 +193,13 @@ impl Image {
     /// Reads guest bytes at `offset` into `buf`.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        self.read_inner(offset, buf)
+    }
+
+    /// Reads without the range check: also the tail of the last sector of
+    /// a disk whose size is not a whole number of sectors (FTR-CURRENT-SIZE),
+    /// which a partial-sector write must merge with.
+    fn read_inner(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match &mut self.layout {
             Layout::Fixed => self
                 .storage
@@ -215,7 +222,7 @@ impl Image {
                                 Error::io(format!("reading {} at file offset {at}", self.name), e)
                             })?,
                             Source::Absent => match &mut self.parent {
-                                Some(p) => p.read_at(run_off, dst)?,
+                                Some(p) => p.read_inner(run_off, dst)?,
                                 None if self.footer.disk_type == DiskType::Differencing => {
                                     return Err(Error::ParentNotFound {
                                         tried: format!("{} was opened without its parent", self.name),
@@ -256,7 +263,7 @@ impl Image {
                 // A partial sector: read, merge, write back whole.
                 let start = guest - in_sector;
                 let mut sector = [0u8; SECTOR_SIZE as usize];
-                self.read_at(start, &mut sector)?;
+                self.read_inner(start, &mut sector)?;
                 let n = ((SECTOR_SIZE - in_sector) as usize).min(rest.len());
                 sector[in_sector as usize..in_sector as usize + n].copy_from_slice(&rest[..n]);
                 self.write_sectors(start, &sector)?;

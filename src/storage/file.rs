@@ -54,17 +54,33 @@ impl FileStorage {
         Self::lock(file, true)
     }
 
+    /// Takes the lock without waiting for another holder, but retries for
+    /// up to about 100 ms: when a thread of this process starts a program,
+    /// the new process holds a copy of every open file (and so of every
+    /// lock) until it has started, and a lock released just before must not
+    /// look taken.
     fn lock(file: File, writable: bool) -> Result<Self, OpenError> {
-        let (result, mode) = if writable {
-            (file.try_lock(), LockMode::Exclusive)
-        } else {
-            (file.try_lock_shared(), LockMode::Shared)
-        };
-        match result {
-            Ok(()) => Ok(FileStorage { file, writable }),
-            Err(TryLockError::WouldBlock) => Err(OpenError::Locked(mode)),
-            Err(TryLockError::Error(e)) => Err(OpenError::Io(e)),
+        const TRIES: u32 = 20;
+        let mode = if writable { LockMode::Exclusive } else { LockMode::Shared };
+        for attempt in 1..=TRIES {
+            let result = if writable { file.try_lock() } else { file.try_lock_shared() };
+            match result {
+                Ok(()) => return Ok(FileStorage { file, writable }),
+                Err(TryLockError::WouldBlock) if attempt < TRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(TryLockError::WouldBlock) => return Err(OpenError::Locked(mode)),
+                Err(TryLockError::Error(e)) => return Err(OpenError::Io(e)),
+            }
         }
+        Err(OpenError::Locked(mode))
+    }
+
+    /// The byte ranges `(offset, length)` of the file that may hold data,
+    /// from the file system's hole map (`SEEK_DATA`/`SEEK_HOLE`); holes
+    /// read as zeros. `None` where the system cannot say.
+    pub fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        data_ranges(&self.file, self.len().ok()?)
     }
 
     /// Whether the file was opened for writing.
@@ -99,6 +115,33 @@ impl Storage for FileStorage {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+#[cfg(target_os = "linux")]
+fn data_ranges(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            // ENXIO: no data at or after `pos`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return None,
+        };
+        let hole = seek(file, SeekFrom::Hole(data)).ok()?;
+        if hole <= data {
+            return None;
+        }
+        out.push((data, hole.min(len) - data));
+        pos = hole;
+    }
+    Some(out)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn data_ranges(_file: &File, _len: u64) -> Option<Vec<(u64, u64)>> {
+    None
 }
 
 #[cfg(unix)]
