@@ -11,7 +11,7 @@ use vhdref::format::{DYN_HEADER_SIZE, FOOTER_SIZE, Footer};
 use vhdref::storage::MemStorage;
 use vhdref::{CreateOptions, DiskType, Geometry, Image, OpenOptions, SizeRule, Timestamp};
 
-/// 2024-12-31T00:00:00Z, as seconds since 2000-01-01.
+/// 2024-12-30T00:00:00Z, as seconds since 2000-01-01.
 const CREATED: Timestamp = Timestamp(788_832_000);
 /// The parent of the differencing snapshots was made a day earlier.
 const PARENT_CREATED: Timestamp = Timestamp(788_745_600);
@@ -244,4 +244,101 @@ fn hexdump_stars_repeated_lines_and_ends_with_the_length() {
          *\n\
          00000240\n"
     );
+}
+
+/// `vhd info --output json` of an image in memory.
+fn info_of(bytes: Vec<u8>, name: &str) -> serde_json::Value {
+    let img = open(&MemStorage::from_bytes(bytes), name, None);
+    vhdref::cli::info::info_json(&img)
+}
+
+#[test]
+fn info_json_of_created_images_is_stable() {
+    let cases = [
+        ("info_fixed_exact_6m", options(DiskType::Fixed, 6 << 20)),
+        (
+            "info_fixed_chs_10mb",
+            options(DiskType::Fixed, 10_000_000).size_rule(SizeRule::Chs),
+        ),
+        (
+            "info_dynamic_exact_64m",
+            options(DiskType::Dynamic, 64 << 20),
+        ),
+        (
+            "info_dynamic_chs_100mb",
+            options(DiskType::Dynamic, 100_000_000).size_rule(SizeRule::Chs),
+        ),
+        (
+            "info_dynamic_block_512k_40m",
+            options(DiskType::Dynamic, 40 << 20).block_size(512 << 10),
+        ),
+    ];
+    for (name, options) in cases {
+        let info = info_of(create(&options), "disk.vhd");
+        assert_eq!(info["unique_id"], Uuid::from_u128(ID).to_string());
+        assert_eq!(info["time_stamp_seconds"], CREATED.0);
+        insta::assert_json_snapshot!(name, info);
+    }
+}
+
+#[test]
+fn info_json_of_a_child_opened_on_its_parent_in_memory_is_stable() {
+    let (parent, child) = parent_and_child();
+    let img = open(&child, "child.vhd", Some(open(&parent, "parent.vhd", None)));
+    let info = vhdref::cli::info::info_json(&img);
+    assert_eq!(
+        info["parent"]["unique_id"],
+        Uuid::from_u128(PARENT_ID).to_string()
+    );
+    assert_eq!(info["chain"].as_array().map(Vec::len), Some(2));
+    insta::assert_json_snapshot!("info_differencing_child_16m", info);
+}
+
+/// The JSON with every mention of `dir` replaced by `[dir]`.
+fn without_dir(value: &serde_json::Value, dir: &std::path::Path) -> serde_json::Value {
+    let mut text = value.to_string();
+    let canonical = dir.canonicalize().expect("the temp dir exists");
+    for d in [canonical.as_path(), dir] {
+        let shown = d.display().to_string();
+        let escaped = serde_json::Value::String(shown).to_string();
+        text = text.replace(escaped.trim_matches('"'), "[dir]");
+    }
+    serde_json::from_str(&text).expect("still JSON")
+}
+
+#[test]
+fn info_json_of_a_three_image_chain_found_through_locators_is_stable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = dir.path().join("base.vhd");
+    let mid = dir.path().join("mid.vhd");
+    let top = dir.path().join("top.vhd");
+    CreateOptions::new(DiskType::Dynamic, 8 << 20)
+        .block_size(512 << 10)
+        .unique_id(Uuid::from_u128(PARENT_ID))
+        .time_stamp(PARENT_CREATED)
+        .create(&base)
+        .and_then(Image::close)
+        .expect("create base");
+    for (path, parent, id) in [(&mid, &base, ID), (&top, &mid, ID + 1)] {
+        let mut child = CreateOptions::differencing(parent)
+            .block_size(512 << 10)
+            .unique_id(Uuid::from_u128(id))
+            .time_stamp(CREATED)
+            .create(path)
+            .expect("create child");
+        if path == &top {
+            // One block allocated in the top image, so the count shows.
+            child.write_at(1 << 20, b"top data").expect("write");
+        }
+        child.close().expect("close");
+    }
+    let img = Image::open(&top).expect("the chain opens through its locators");
+    let info = without_dir(&vhdref::cli::info::info_json(&img), dir.path());
+    assert_eq!(info["chain"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        info["chain"][2]["unique_id"],
+        Uuid::from_u128(PARENT_ID).to_string()
+    );
+    assert!(!info.to_string().contains(&dir.path().display().to_string()));
+    insta::assert_json_snapshot!("info_chain_of_three", info);
 }
