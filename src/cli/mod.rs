@@ -13,6 +13,7 @@
 //! Status 101 (a panic) is always a bug.
 
 mod args;
+mod bench;
 mod check;
 mod commit;
 mod compare;
@@ -61,6 +62,7 @@ enum Command {
     Map(map::MapArgs),
     Compare(compare::CompareArgs),
     Commit(commit::CommitArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the tool with the process arguments; returns the exit status.
@@ -93,6 +95,7 @@ where
         Command::Map(a) => map::run(&a),
         Command::Compare(a) => compare::run(&a),
         Command::Commit(a) => commit::run(&a),
+        Command::Bench(a) => bench::run(&a),
     };
     match result {
         Ok(code) => code,
