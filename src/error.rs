@@ -26,13 +26,17 @@ pub enum Error {
         len: u64,
     },
     /// FTR-COOKIE.
-    #[error("not a VHD: no footer cookie \"conectix\" at the end of the file or at offset 0 (found {found}) (FTR-COOKIE)")]
+    #[error(
+        "not a VHD: no footer cookie \"conectix\" at the end of the file or at offset 0 (found {found}) (FTR-COOKIE)"
+    )]
     FooterCookie {
         /// The eight bytes found, escaped.
         found: String,
     },
     /// FTR-CHECKSUM.
-    #[error("footer checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (FTR-CHECKSUM)")]
+    #[error(
+        "footer checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (FTR-CHECKSUM)"
+    )]
     FooterChecksum {
         /// Checksum in the footer.
         stored: u32,
@@ -40,7 +44,9 @@ pub enum Error {
         computed: u32,
     },
     /// FTR-VERSION.
-    #[error("unsupported file format version {found:#010x}, expected major version 1 (FTR-VERSION)")]
+    #[error(
+        "unsupported file format version {found:#010x}, expected major version 1 (FTR-VERSION)"
+    )]
     FooterVersion {
         /// The version field.
         found: u32,
@@ -60,7 +66,9 @@ pub enum Error {
         reason: String,
     },
     /// FTR-FIXED-LENGTH.
-    #[error("fixed image is truncated: current size is {current_size} bytes but only {data_len} bytes precede the footer (FTR-FIXED-LENGTH)")]
+    #[error(
+        "fixed image is truncated: current size is {current_size} bytes but only {data_len} bytes precede the footer (FTR-FIXED-LENGTH)"
+    )]
     FixedLength {
         /// Guest size from the footer.
         current_size: u64,
@@ -68,7 +76,9 @@ pub enum Error {
         data_len: u64,
     },
     /// HDR-COOKIE.
-    #[error("no dynamic header at offset {offset:#x}: cookie is {found}, expected \"cxsparse\" (HDR-COOKIE)")]
+    #[error(
+        "no dynamic header at offset {offset:#x}: cookie is {found}, expected \"cxsparse\" (HDR-COOKIE)"
+    )]
     HeaderCookie {
         /// Where the header was looked for.
         offset: u64,
@@ -76,7 +86,9 @@ pub enum Error {
         found: String,
     },
     /// HDR-CHECKSUM.
-    #[error("dynamic header checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (HDR-CHECKSUM)")]
+    #[error(
+        "dynamic header checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (HDR-CHECKSUM)"
+    )]
     HeaderChecksum {
         /// Checksum in the header.
         stored: u32,
@@ -84,7 +96,9 @@ pub enum Error {
         computed: u32,
     },
     /// HDR-VERSION.
-    #[error("unsupported dynamic header version {found:#010x}, expected major version 1 (HDR-VERSION)")]
+    #[error(
+        "unsupported dynamic header version {found:#010x}, expected major version 1 (HDR-VERSION)"
+    )]
     HeaderVersion {
         /// The version field.
         found: u32,
@@ -112,7 +126,9 @@ pub enum Error {
         reason: String,
     },
     /// BAT-ENTRY-BEYOND-EOF.
-    #[error("block {block} at sector {sector:#x} ends at byte {end:#x}, past the end of the data area at {limit:#x} (BAT-ENTRY-BEYOND-EOF)")]
+    #[error(
+        "block {block} at sector {sector:#x} ends at byte {end:#x}, past the end of the data area at {limit:#x} (BAT-ENTRY-BEYOND-EOF)"
+    )]
     BatEntryBeyondEof {
         /// Block index.
         block: u32,
@@ -140,7 +156,9 @@ pub enum Error {
         tried: String,
     },
     /// PAR-UNIQUE-ID.
-    #[error("parent {parent} has unique ID {found}, but the child expects {expected} (PAR-UNIQUE-ID)")]
+    #[error(
+        "parent {parent} has unique ID {found}, but the child expects {expected} (PAR-UNIQUE-ID)"
+    )]
     ParentUniqueId {
         /// The parent's path.
         parent: String,
@@ -150,7 +168,9 @@ pub enum Error {
         found: uuid::Uuid,
     },
     /// PAR-SIZE.
-    #[error("parent {parent} is {parent_size} bytes but the child is {child_size} bytes (PAR-SIZE)")]
+    #[error(
+        "parent {parent} is {parent_size} bytes but the child is {child_size} bytes (PAR-SIZE)"
+    )]
     ParentSize {
         /// The parent's path.
         parent: String,

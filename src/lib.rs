@@ -2,7 +2,7 @@
 //!
 //! A reference implementation of Microsoft's Virtual Hard Disk format,
 //! version 1.0: fixed, dynamic and differencing images. It reads what
-//! Hyper-V, Virtual PC, disk2vhd, VirtualBox, QEMU and Xen write, creates
+//! Hyper-V, Virtual PC, disk2vhd, `VirtualBox`, QEMU and Xen write, creates
 //! images they read, names the rule (see [`Rule`] and `spec/rules.md`) that
 //! a broken image breaks, and never loses data: metadata is written in a
 //! documented order, writers hold an exclusive lock, readers never write.
@@ -34,5 +34,7 @@ pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
 pub use format::{DiskType, Footer, Geometry, Timestamp};
-pub use image::{CommitStats, CreateOptions, Cursor, Extent, Image, OpenOptions, ParentSource, SizeRule};
+pub use image::{
+    CommitStats, CreateOptions, Cursor, Extent, Image, OpenOptions, ParentSource, SizeRule,
+};
 pub use rules::{Finding, Rule, Severity};

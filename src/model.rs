@@ -37,7 +37,7 @@ pub fn geometry(total_sectors: u64) -> (u64, u64, u64) {
     } else {
         spt = 17;
         cth = total / spt;
-        heads = (cth + 1023) / 1024;
+        heads = cth.div_ceil(1024);
         if heads < 4 {
             heads = 4;
         }
@@ -78,8 +78,8 @@ pub fn locate(offset: u64, block_size: u64) -> Location {
 /// Bytes of a block's sector bitmap: one bit per sector, whole sectors.
 pub fn bitmap_bytes(block_size: u64) -> u64 {
     let bits = block_size / SECTOR;
-    let bytes = (bits + 7) / 8;
-    (bytes + SECTOR - 1) / SECTOR * SECTOR
+    let bytes = bits.div_ceil(8);
+    bytes.div_ceil(SECTOR) * SECTOR
 }
 
 /// File offset of a guest byte in a block whose BAT entry is `bat_entry`.
@@ -93,7 +93,10 @@ pub fn file_offset(bat_entry: u32, block_size: u64, loc: Location) -> u64 {
 /// Whether a block's bitmap says the sector holds data: bit 7 of byte 0 is
 /// sector 0.
 pub fn bitmap_bit(bitmap: &[u8], sector_in_block: u64) -> bool {
-    let byte = bitmap.get((sector_in_block / 8) as usize).copied().unwrap_or(0);
+    let byte = bitmap
+        .get((sector_in_block / 8) as usize)
+        .copied()
+        .unwrap_or(0);
     (byte >> (7 - sector_in_block % 8)) & 1 == 1
 }
 
@@ -156,7 +159,10 @@ impl Disk {
 
     /// Writes `data` at `offset` into the top layer.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
-        assert!(offset + data.len() as u64 <= self.size, "model write past the end");
+        assert!(
+            offset + data.len() as u64 <= self.size,
+            "model write past the end"
+        );
         for (i, byte) in data.iter().enumerate() {
             let pos = offset + i as u64;
             let mut sector = self.sector(pos / SECTOR);

@@ -86,7 +86,7 @@ rules! {
     FtrSavedState => "FTR-SAVED-STATE", Warning, "the saved-state flag is clear";
     /// The unique ID is not all zeros.
     FtrUniqueId => "FTR-UNIQUE-ID", Warning, "the unique ID is not all zeros";
-    /// The stored geometry is what the spec algorithm gives for current_size.
+    /// The stored geometry is what the spec algorithm gives for `current_size`.
     GeoAlgorithm => "GEO-ALGORITHM", Warning, "the disk geometry is the one the spec algorithm computes from current_size";
     /// The dynamic header cookie is `cxsparse`.
     HdrCookie => "HDR-COOKIE", Error, "the dynamic header starts with the cookie \"cxsparse\"";

@@ -67,7 +67,8 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         ));
     }
     let step = args.step.unwrap_or(len);
-    let mut buf = vec![if args.write { args.pattern } else { 0 }; usize::try_from(len).unwrap_or(0)];
+    let mut buf =
+        vec![if args.write { args.pattern } else { 0 }; usize::try_from(len).unwrap_or(0)];
     let mut offset = args.offset;
     let start = Instant::now();
     for i in 0..args.count {

@@ -83,20 +83,24 @@ pub fn run(args: &CheckArgs) -> CmdResult {
         Ok(img) => Outcome::Checked(chain_findings(&img)),
         // A broken chain: judge the child on its own, and report why its
         // parent could not be used.
-        Err(e) if e.kind() == ErrorKind::Parent => match args.parent.open_options().skip_parent(true).open(path) {
-            Ok(img) => {
-                let mut found = chain_findings(&img);
-                found.extend(e.to_finding().map(|finding| Located {
+        Err(e) if e.kind() == ErrorKind::Parent => {
+            match args.parent.open_options().skip_parent(true).open(path) {
+                Ok(img) => {
+                    let mut found = chain_findings(&img);
+                    found.extend(e.to_finding().map(|finding| Located {
+                        image: name.clone(),
+                        finding,
+                    }));
+                    Outcome::Checked(found)
+                }
+                Err(_) => Outcome::Checked(vec![Located {
                     image: name.clone(),
-                    finding,
-                }));
-                Outcome::Checked(found)
+                    finding: e
+                        .to_finding()
+                        .unwrap_or_else(|| Finding::new(Rule::ParNotFound, e.to_string())),
+                }]),
             }
-            Err(_) => Outcome::Checked(vec![Located {
-                image: name.clone(),
-                finding: e.to_finding().unwrap_or_else(|| Finding::new(Rule::ParNotFound, e.to_string())),
-            }]),
-        },
+        }
         Err(e) => match (e.kind(), e.to_finding()) {
             (ErrorKind::NotVhd | ErrorKind::Io, _) | (_, None) => Outcome::NotChecked(e),
             (_, Some(finding)) => Outcome::Checked(vec![Located {

@@ -45,8 +45,12 @@ pub fn run_length(bitmap: &[u8], start: u64, end: u64) -> u64 {
     let mut n = start;
     while n < end {
         // Skip whole bytes that are all set or all clear.
-        if n % 8 == 0 && n + 8 <= end {
-            let byte = usize::try_from(n / 8).ok().and_then(|i| bitmap.get(i)).copied().unwrap_or(0);
+        if n.is_multiple_of(8) && n + 8 <= end {
+            let byte = usize::try_from(n / 8)
+                .ok()
+                .and_then(|i| bitmap.get(i))
+                .copied()
+                .unwrap_or(0);
             if (value && byte == 0xFF) || (!value && byte == 0) {
                 n += 8;
                 continue;

@@ -91,10 +91,11 @@ impl DynHeader {
     /// Parses 1024 header bytes read at `offset` (used in messages),
     /// checking cookie, checksum, version and block size.
     pub fn parse(bytes: &[u8; DYN_HEADER_SIZE], offset: u64) -> Result<DynHeader> {
-        let raw = RawDynHeader::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::HeaderCookie {
-            offset,
-            found: String::new(),
-        })?;
+        let raw =
+            RawDynHeader::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::HeaderCookie {
+                offset,
+                found: String::new(),
+            })?;
         if raw.cookie != HEADER_COOKIE {
             return Err(Error::HeaderCookie {
                 offset,
@@ -143,7 +144,11 @@ impl DynHeader {
         raw.parent_unique_id = *self.parent_unique_id.as_bytes();
         raw.parent_time_stamp.set(self.parent_time_stamp.0);
         raw.parent_unicode_name = self.parent_unicode_name;
-        for (dst, src) in raw.parent_locator_entries.iter_mut().zip(&self.parent_locators) {
+        for (dst, src) in raw
+            .parent_locator_entries
+            .iter_mut()
+            .zip(&self.parent_locators)
+        {
             *dst = src.to_raw();
         }
         let mut bytes = [0u8; DYN_HEADER_SIZE];
@@ -193,7 +198,10 @@ impl DynHeader {
         if self.data_offset != u64::MAX {
             out.push(Finding::new(
                 Rule::HdrDataOffset,
-                format!("dynamic header data offset is {:#x}, expected 0xffffffffffffffff", self.data_offset),
+                format!(
+                    "dynamic header data offset is {:#x}, expected 0xffffffffffffffff",
+                    self.data_offset
+                ),
             ));
         }
         out

@@ -220,13 +220,18 @@ impl Footer {
     /// The soft rules of the footer on its own (warnings).
     pub fn lint(&self) -> Vec<Finding> {
         let mut out = Vec::new();
-        if self.features & FEATURE_RESERVED == 0 || self.features & !(FEATURE_RESERVED | FEATURE_TEMPORARY) != 0 {
+        if self.features & FEATURE_RESERVED == 0
+            || self.features & !(FEATURE_RESERVED | FEATURE_TEMPORARY) != 0
+        {
             out.push(Finding::new(
                 Rule::FtrFeatures,
-                format!("features field is {:#010x}, expected the reserved bit 0x2 and no unknown bits", self.features),
+                format!(
+                    "features field is {:#010x}, expected the reserved bit 0x2 and no unknown bits",
+                    self.features
+                ),
             ));
         }
-        if self.current_size % SECTOR_SIZE != 0 {
+        if !self.current_size.is_multiple_of(SECTOR_SIZE) {
             out.push(Finding::new(
                 Rule::FtrCurrentSize,
                 format!(
@@ -242,12 +247,18 @@ impl Footer {
             ));
         }
         if self.unique_id.is_nil() {
-            out.push(Finding::new(Rule::FtrUniqueId, "the unique ID is all zeros"));
+            out.push(Finding::new(
+                Rule::FtrUniqueId,
+                "the unique ID is all zeros",
+            ));
         }
         if self.disk_type == DiskType::Fixed && self.data_offset != NO_DATA_OFFSET {
             out.push(Finding::new(
                 Rule::FtrFixedDataOffset,
-                format!("fixed image has data offset {:#x}, expected 0xffffffffffffffff", self.data_offset),
+                format!(
+                    "fixed image has data offset {:#x}, expected 0xffffffffffffffff",
+                    self.data_offset
+                ),
             ));
         }
         let expected = Geometry::for_size(self.current_size);
@@ -257,8 +268,12 @@ impl Footer {
                 Rule::GeoAlgorithm,
                 format!(
                     "geometry {}/{}/{} differs from {}/{}/{} computed from current size {}",
-                    g.cylinders, g.heads, g.sectors_per_track,
-                    expected.cylinders, expected.heads, expected.sectors_per_track,
+                    g.cylinders,
+                    g.heads,
+                    g.sectors_per_track,
+                    expected.cylinders,
+                    expected.heads,
+                    expected.sectors_per_track,
                     self.current_size
                 ),
             ));

@@ -154,7 +154,7 @@ impl LocatorEntry {
 pub fn decode_locator(platform: Platform, data: &[u8]) -> Option<String> {
     let text = match platform {
         Platform::W2ru | Platform::W2ku => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return None;
             }
             let units: Vec<u16> = data
@@ -163,7 +163,9 @@ pub fn decode_locator(platform: Platform, data: &[u8]) -> Option<String> {
                 .collect();
             String::from_utf16(&units).ok()?
         }
-        Platform::MacX | Platform::Wi2r | Platform::Wi2k => String::from_utf8(data.to_vec()).ok()?,
+        Platform::MacX | Platform::Wi2r | Platform::Wi2k => {
+            String::from_utf8(data.to_vec()).ok()?
+        }
         Platform::Mac | Platform::None | Platform::Unknown(_) => return None,
     };
     let text = text.trim_end_matches('\0').to_string();

@@ -12,9 +12,7 @@ pub struct Timestamp(pub u32);
 impl Timestamp {
     /// The time stamp of `time`, saturating at the ends of the range.
     pub fn from_system_time(time: SystemTime) -> Self {
-        let unix = time
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let secs = unix.saturating_sub(VHD_EPOCH_UNIX);
         Timestamp(u32::try_from(secs).unwrap_or(u32::MAX))
     }

@@ -54,7 +54,9 @@ impl Image {
             return Ok(CommitStats::default());
         };
         let Some(parent) = self.parent.as_mut() else {
-            return Err(Error::InvalidArgument("the differencing image has no parent open".into()));
+            return Err(Error::InvalidArgument(
+                "the differencing image has no parent open".into(),
+            ));
         };
         if !parent.is_writable() {
             return Err(Error::ReadOnly {
@@ -80,7 +82,12 @@ impl Image {
                     buf.resize(n as usize, 0);
                     self.storage
                         .read_exact_at(&mut buf, at + done)
-                        .map_err(|e| Error::io(format!("reading {} at file offset {}", self.name, at + done), e))?;
+                        .map_err(|e| {
+                            Error::io(
+                                format!("reading {} at file offset {}", self.name, at + done),
+                                e,
+                            )
+                        })?;
                     parent.write_at(guest + done, &buf)?;
                     done += n;
                 }

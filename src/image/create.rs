@@ -17,8 +17,8 @@ use crate::format::footer::{FEATURE_RESERVED, FILE_FORMAT_VERSION, NO_DATA_OFFSE
 use crate::format::geometry::{MAX_CHS_SECTORS, chs_rounded_size};
 use crate::format::locator::{LOCATOR_COUNT, encode_utf16le};
 use crate::format::{
-    DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, Geometry, LocatorEntry, MAX_BLOCK_FILE_OFFSET,
-    MAX_DISK_SIZE, Platform, SECTOR_SIZE, Timestamp, bitmap,
+    DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, Geometry, LocatorEntry,
+    MAX_BLOCK_FILE_OFFSET, MAX_DISK_SIZE, Platform, SECTOR_SIZE, Timestamp, bitmap,
 };
 use crate::storage::{FileStorage, Storage};
 
@@ -139,7 +139,7 @@ impl CreateOptions {
     pub fn effective_size(&self) -> Result<u64> {
         let size = match self.size_rule {
             SizeRule::Exact => {
-                if self.size % SECTOR_SIZE != 0 {
+                if !self.size.is_multiple_of(SECTOR_SIZE) {
                     return Err(Error::InvalidArgument(format!(
                         "size {} is not a multiple of 512 bytes (use --size-rule chs to round up)",
                         self.size
@@ -154,7 +154,9 @@ impl CreateOptions {
             })?,
         };
         if size == 0 {
-            return Err(Error::InvalidArgument("size must be at least 512 bytes".into()));
+            return Err(Error::InvalidArgument(
+                "size must be at least 512 bytes".into(),
+            ));
         }
         if size > MAX_DISK_SIZE {
             return Err(Error::SizeLimit {
@@ -168,7 +170,9 @@ impl CreateOptions {
             let blocks = size.div_ceil(bs);
             // The last block starts after the metadata and every other block,
             // and its BAT entry is a 32-bit sector number.
-            let metadata = 3 * SECTOR_SIZE + bat_size_on_disk(u32::try_from(blocks).unwrap_or(u32::MAX)) + 64 * 1024;
+            let metadata = 3 * SECTOR_SIZE
+                + bat_size_on_disk(u32::try_from(blocks).unwrap_or(u32::MAX))
+                + 64 * 1024;
             let last_start = metadata + (blocks - 1) * (bs + bitmap::bitmap_size(self.block_size));
             if last_start >= MAX_BLOCK_FILE_OFFSET {
                 let per_block = bs + bitmap::bitmap_size(self.block_size);
@@ -176,7 +180,9 @@ impl CreateOptions {
                 return Err(Error::SizeLimit {
                     requested: size,
                     limit,
-                    reason: format!("with {bs}-byte blocks the last block would start past 2 TiB, which a 32-bit BAT entry cannot address"),
+                    reason: format!(
+                        "with {bs}-byte blocks the last block would start past 2 TiB, which a 32-bit BAT entry cannot address"
+                    ),
                 });
             }
         }
@@ -208,7 +214,9 @@ impl CreateOptions {
                 (Some(parent), Some(info))
             }
             (None, DiskType::Differencing) => {
-                return Err(Error::InvalidArgument("a differencing image needs a parent".into()));
+                return Err(Error::InvalidArgument(
+                    "a differencing image needs a parent".into(),
+                ));
             }
             _ => (None, None),
         };
@@ -216,7 +224,13 @@ impl CreateOptions {
             self.effective_size()?;
         }
         let storage = FileStorage::create_new(path).map_err(|e| file_open_error(path, e))?;
-        let result = self.finish(Box::new(storage), path.display().to_string(), Some(path.to_path_buf()), parent, info);
+        let result = self.finish(
+            Box::new(storage),
+            path.display().to_string(),
+            Some(path.to_path_buf()),
+            parent,
+            info,
+        );
         if result.is_err() {
             // Leave nothing half-made behind; the file is ours, made above.
             let _ = std::fs::remove_file(path);
@@ -242,7 +256,9 @@ impl CreateOptions {
                 (Some(p), Some(info))
             }
             (None, DiskType::Differencing) => {
-                return Err(Error::InvalidArgument("a differencing image needs a parent".into()));
+                return Err(Error::InvalidArgument(
+                    "a differencing image needs a parent".into(),
+                ));
             }
             _ => (None, None),
         };
@@ -261,11 +277,17 @@ impl CreateOptions {
             Some(i) => i.size,
             None => self.effective_size()?,
         };
-        let geometry = info.as_ref().map_or_else(|| Geometry::for_size(size), |i| i.geometry);
+        let geometry = info
+            .as_ref()
+            .map_or_else(|| Geometry::for_size(size), |i| i.geometry);
         let footer = Footer {
             features: FEATURE_RESERVED,
             file_format_version: FILE_FORMAT_VERSION,
-            data_offset: if self.disk_type.is_sparse() { FOOTER_SIZE as u64 } else { NO_DATA_OFFSET },
+            data_offset: if self.disk_type.is_sparse() {
+                FOOTER_SIZE as u64
+            } else {
+                NO_DATA_OFFSET
+            },
             time_stamp: self.time_stamp.unwrap_or_else(Timestamp::now),
             creator_application: CREATOR_APPLICATION,
             creator_version: CREATOR_VERSION,
@@ -296,16 +318,29 @@ impl CreateOptions {
     }
 }
 
-fn parent_info(parent: &Image, parent_path: Option<&Path>, child_path: Option<&Path>) -> Result<ParentInfo> {
-    let name = parent_path
-        .and_then(Path::file_name)
-        .map_or_else(|| parent.name().to_string(), |n| n.to_string_lossy().into_owned());
+fn parent_info(
+    parent: &Image,
+    parent_path: Option<&Path>,
+    child_path: Option<&Path>,
+) -> Result<ParentInfo> {
+    let name = parent_path.and_then(Path::file_name).map_or_else(
+        || parent.name().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let (relative, absolute) = match (parent_path, child_path) {
         (Some(pp), Some(cp)) => {
-            let abs = std::path::absolute(pp).map_err(|e| Error::io("resolving the parent path", e))?;
-            let child_abs = std::path::absolute(cp).map_err(|e| Error::io("resolving the child path", e))?;
-            let child_dir = child_abs.parent().map(Path::to_path_buf).unwrap_or_default();
-            (relative_windows_path(&child_dir, &abs), Some(abs.display().to_string()))
+            let abs =
+                std::path::absolute(pp).map_err(|e| Error::io("resolving the parent path", e))?;
+            let child_abs =
+                std::path::absolute(cp).map_err(|e| Error::io("resolving the child path", e))?;
+            let child_dir = child_abs
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            (
+                relative_windows_path(&child_dir, &abs),
+                Some(abs.display().to_string()),
+            )
         }
         _ => (None, None),
     };
@@ -334,13 +369,22 @@ fn relative_windows_path(from_dir: &Path, target: &Path) -> Option<String> {
         parts.push(".".into());
     }
     parts.extend(std::iter::repeat_n("..".to_string(), from.len() - common));
-    parts.extend(to.iter().skip(common).map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    parts.extend(
+        to.iter()
+            .skip(common)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
     Some(parts.join("\\"))
 }
 
 /// The writes that make an empty dynamic or differencing image.
-fn sparse_layout(footer: &Footer, block_size: u32, parent: Option<&ParentInfo>) -> Vec<(u64, Vec<u8>)> {
-    let blocks = u32::try_from(footer.current_size.div_ceil(u64::from(block_size))).unwrap_or(u32::MAX);
+fn sparse_layout(
+    footer: &Footer,
+    block_size: u32,
+    parent: Option<&ParentInfo>,
+) -> Vec<(u64, Vec<u8>)> {
+    let blocks =
+        u32::try_from(footer.current_size.div_ceil(u64::from(block_size))).unwrap_or(u32::MAX);
     let table_offset = FOOTER_SIZE as u64 + DYN_HEADER_SIZE as u64;
     let bat_bytes = serialize_bat(&vec![crate::format::UNALLOCATED; blocks as usize]);
     let mut next = table_offset + bat_size_on_disk(blocks);
@@ -360,7 +404,9 @@ fn sparse_layout(footer: &Footer, block_size: u32, parent: Option<&ParentInfo>) 
         header.parent_unique_id = p.unique_id;
         header.parent_time_stamp = p.time_stamp;
         header.parent_unicode_name = DynHeader::encode_parent_name(&p.name)
-            .or_else(|| DynHeader::encode_parent_name(&p.name.chars().take(255).collect::<String>()))
+            .or_else(|| {
+                DynHeader::encode_parent_name(&p.name.chars().take(255).collect::<String>())
+            })
             .unwrap_or([0; crate::format::dyn_header::PARENT_NAME_SIZE]);
         let mut slot = 0;
         for (platform, text) in [(Platform::W2ru, &p.relative), (Platform::W2ku, &p.absolute)] {

@@ -47,7 +47,10 @@ impl Write for Cursor<'_> {
             return Ok(0);
         }
         if self.pos >= self.image.size() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the disk"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the disk",
+            ));
         }
         let left = self.image.size() - self.pos;
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
@@ -69,7 +72,8 @@ impl Seek for Cursor<'_> {
             SeekFrom::End(d) => self.image.size().checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        let target = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         self.pos = target;
         Ok(target)
     }

@@ -210,22 +210,35 @@ impl Image {
                 let mut pos = 0usize;
                 while pos < buf.len() {
                     let guest = offset + pos as u64;
-                    let n = (block_size - guest % block_size).min((buf.len() - pos) as u64) as usize;
-                    let Some(chunk) = buf.get_mut(pos..pos + n) else { break };
-                    for (run_off, run_len, source) in sparse.runs(&mut *self.storage, guest, n as u64)? {
+                    let n =
+                        (block_size - guest % block_size).min((buf.len() - pos) as u64) as usize;
+                    let Some(chunk) = buf.get_mut(pos..pos + n) else {
+                        break;
+                    };
+                    for (run_off, run_len, source) in
+                        sparse.runs(&mut *self.storage, guest, n as u64)?
+                    {
                         let start = (run_off - guest) as usize;
                         let Some(dst) = chunk.get_mut(start..start + run_len as usize) else {
                             break;
                         };
                         match source {
-                            Source::File(at) => self.storage.read_exact_at(dst, at).map_err(|e| {
-                                Error::io(format!("reading {} at file offset {at}", self.name), e)
-                            })?,
+                            Source::File(at) => {
+                                self.storage.read_exact_at(dst, at).map_err(|e| {
+                                    Error::io(
+                                        format!("reading {} at file offset {at}", self.name),
+                                        e,
+                                    )
+                                })?
+                            }
                             Source::Absent => match &mut self.parent {
                                 Some(p) => p.read_inner(run_off, dst)?,
                                 None if self.footer.disk_type == DiskType::Differencing => {
                                     return Err(Error::ParentNotFound {
-                                        tried: format!("{} was opened without its parent", self.name),
+                                        tried: format!(
+                                            "{} was opened without its parent",
+                                            self.name
+                                        ),
                                     });
                                 }
                                 None => dst.fill(0),
@@ -280,14 +293,21 @@ impl Image {
     /// Whole sectors at a sector-aligned guest offset, block by block.
     fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let Layout::Sparse(sparse) = &mut self.layout else {
-            return Err(Error::InvalidArgument("write_sectors on a fixed image".into()));
+            return Err(Error::InvalidArgument(
+                "write_sectors on a fixed image".into(),
+            ));
         };
         let block_size = sparse.block_size;
         let mut pos = 0usize;
         while pos < data.len() {
             let guest = offset + pos as u64;
             let n = (block_size - guest % block_size).min((data.len() - pos) as u64) as usize;
-            sparse.write_block(&mut *self.storage, &self.footer_bytes, guest, &data[pos..pos + n])?;
+            sparse.write_block(
+                &mut *self.storage,
+                &self.footer_bytes,
+                guest,
+                &data[pos..pos + n],
+            )?;
             pos += n;
         }
         Ok(())
@@ -320,7 +340,10 @@ impl Image {
     pub fn into_storage(mut self) -> Result<Box<dyn Storage>> {
         self.flush()?;
         self.writable = false;
-        let storage = std::mem::replace(&mut self.storage, Box::new(crate::storage::MemStorage::new()));
+        let storage = std::mem::replace(
+            &mut self.storage,
+            Box::new(crate::storage::MemStorage::new()),
+        );
         Ok(storage)
     }
 
@@ -337,7 +360,13 @@ impl Image {
         Ok(out)
     }
 
-    fn map_range(&mut self, offset: u64, len: u64, depth: usize, out: &mut Vec<Extent>) -> Result<()> {
+    fn map_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        depth: usize,
+        out: &mut Vec<Extent>,
+    ) -> Result<()> {
         let push = |out: &mut Vec<Extent>, e: Extent| {
             if let Some(last) = out.last_mut() {
                 let contiguous_file = match (last.file_offset, e.file_offset) {
@@ -358,13 +387,16 @@ impl Image {
         };
         match &mut self.layout {
             Layout::Fixed => {
-                push(out, Extent {
-                    offset,
-                    length: len,
-                    data: true,
-                    depth: Some(depth),
-                    file_offset: Some(offset),
-                });
+                push(
+                    out,
+                    Extent {
+                        offset,
+                        length: len,
+                        data: true,
+                        depth: Some(depth),
+                        file_offset: Some(offset),
+                    },
+                );
                 Ok(())
             }
             Layout::Sparse(sparse) => {
@@ -375,13 +407,16 @@ impl Image {
                     let n = (block_size - pos % block_size).min(end - pos);
                     for (o, l, s) in sparse.runs(&mut *self.storage, pos, n)? {
                         match s {
-                            Source::File(at) => push(out, Extent {
-                                offset: o,
-                                length: l,
-                                data: true,
-                                depth: Some(depth),
-                                file_offset: Some(at),
-                            }),
+                            Source::File(at) => push(
+                                out,
+                                Extent {
+                                    offset: o,
+                                    length: l,
+                                    data: true,
+                                    depth: Some(depth),
+                                    file_offset: Some(at),
+                                },
+                            ),
                             Source::Absent => match &mut self.parent {
                                 Some(p) => {
                                     let mut sub = Vec::new();
@@ -390,13 +425,16 @@ impl Image {
                                         push(out, e);
                                     }
                                 }
-                                None => push(out, Extent {
-                                    offset: o,
-                                    length: l,
-                                    data: false,
-                                    depth: None,
-                                    file_offset: None,
-                                }),
+                                None => push(
+                                    out,
+                                    Extent {
+                                        offset: o,
+                                        length: l,
+                                        data: false,
+                                        depth: None,
+                                        file_offset: None,
+                                    },
+                                ),
                             },
                         }
                     }

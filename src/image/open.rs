@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::bat::{UNALLOCATED, bat_size_on_disk, parse_bat};
-use crate::format::{DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, MAX_BLOCKS, SECTOR_SIZE};
+use crate::format::{
+    DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, MAX_BLOCKS, SECTOR_SIZE,
+};
 use crate::rules::{Finding, Rule};
 use crate::storage::{FileStorage, LockMode, OpenError, Storage};
 
@@ -119,7 +121,8 @@ impl OpenOptions {
         let name = path.display().to_string();
         guard.enter(path)?;
         let storage = open_file(path, self.write)?;
-        let mut image = self.open_inner(Box::new(storage), name, Some(path.to_path_buf()), guard)?;
+        let mut image =
+            self.open_inner(Box::new(storage), name, Some(path.to_path_buf()), guard)?;
         image.path = Some(path.to_path_buf());
         Ok(image)
     }
@@ -171,9 +174,12 @@ impl OpenOptions {
                 }
                 Layout::Fixed
             }
-            DiskType::Dynamic | DiskType::Differencing => {
-                Layout::Sparse(load_sparse(&*storage, &footer, located.offset, &mut findings)?)
-            }
+            DiskType::Dynamic | DiskType::Differencing => Layout::Sparse(load_sparse(
+                &*storage,
+                &footer,
+                located.offset,
+                &mut findings,
+            )?),
         };
         let mut image = Image {
             storage,
@@ -188,7 +194,9 @@ impl OpenOptions {
             writable: self.write,
             findings,
         };
-        if image.footer.disk_type == DiskType::Differencing && !(self.skip_parent && self.parent_image.is_none()) {
+        if image.footer.disk_type == DiskType::Differencing
+            && !(self.skip_parent && self.parent_image.is_none())
+        {
             let (parent, source) = match self.parent_image.take() {
                 Some(p) => {
                     let name = p.name().to_string();
@@ -207,7 +215,8 @@ impl OpenOptions {
 fn open_file(path: &Path, write: bool) -> Result<FileStorage> {
     // Opening a FIFO or socket would block or fail oddly: only regular
     // files and block devices hold images.
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     if !meta.is_file() && !is_block_device(&meta) {
         return Err(Error::InvalidArgument(
             "not a regular file or block device".to_string(),
@@ -250,7 +259,9 @@ struct Located {
 /// fixed image; else the copy at offset 0 of a dynamic or differencing
 /// image (read-only, FTR-TRAILING). The first error is the one reported.
 fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<Located> {
-    let len = storage.len().map_err(|e| Error::io("reading the file length", e))?;
+    let len = storage
+        .len()
+        .map_err(|e| Error::io("reading the file length", e))?;
     if len < FOOTER_SIZE as u64 - 1 {
         return Err(Error::FooterSize { len });
     }
@@ -275,7 +286,8 @@ fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<L
                     findings.push(Finding::new(
                         Rule::FtrCopyMismatch,
                         match copy {
-                            Ok(_) => "the footer copy at offset 0 differs from the trailing footer".to_string(),
+                            Ok(_) => "the footer copy at offset 0 differs from the trailing footer"
+                                .to_string(),
                             Err(e) => format!("the footer copy at offset 0 is not valid: {e}"),
                         },
                     ));
@@ -291,37 +303,89 @@ fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<L
     };
     // An old writer's 511-byte footer: the missing last byte is reserved.
     let short = Footer::parse(&read(len - (FOOTER_SIZE as u64 - 1), FOOTER_SIZE - 1)?);
-    if let Ok(footer) = short {
-        if footer.disk_type == DiskType::Fixed {
-            findings.push(Finding::new(Rule::Ftr511, "the footer is 511 bytes long"));
-            return Ok(Located {
-                footer,
-                offset: len - (FOOTER_SIZE as u64 - 1),
-                from_copy: false,
-            });
-        }
+    if let Ok(footer) = short
+        && footer.disk_type == DiskType::Fixed
+    {
+        findings.push(Finding::new(Rule::Ftr511, "the footer is 511 bytes long"));
+        return Ok(Located {
+            footer,
+            offset: len - (FOOTER_SIZE as u64 - 1),
+            from_copy: false,
+        });
     }
-    if len >= FOOTER_SIZE as u64 * 2 {
-        if let Ok(footer) = Footer::parse(&read(0, FOOTER_SIZE)?) {
-            if footer.disk_type.is_sparse() {
-                findings.push(Finding::new(
+    if len >= FOOTER_SIZE as u64 * 2
+        && let Ok(footer) = Footer::parse(&read(0, FOOTER_SIZE)?)
+        && footer.disk_type.is_sparse()
+    {
+        findings.push(Finding::new(
                     Rule::FtrTrailing,
                     format!("the trailing footer is not valid ({first_error}); using the copy at offset 0, read-only"),
                 ));
-                return Ok(Located {
-                    footer,
-                    offset: len,
-                    from_copy: true,
-                });
-            }
-        }
+        return Ok(Located {
+            footer,
+            offset: len,
+            from_copy: true,
+        });
     }
     Err(first_error)
 }
 
-/// Reads and validates the dynamic header and the BAT.
-fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findings: &mut Vec<Finding>) -> Result<Sparse> {
+/// Reads and validates the dynamic header and the BAT. Each rule is a
+/// small check below, in the order they are applied.
+fn load_sparse(
+    storage: &dyn Storage,
+    footer: &Footer,
+    footer_offset: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<Sparse> {
     let header_offset = footer.data_offset;
+    check_header_place(header_offset, footer_offset)?;
+    let mut bytes = [0u8; DYN_HEADER_SIZE];
+    storage
+        .read_exact_at(&mut bytes, header_offset)
+        .map_err(|e| Error::io("reading the dynamic header", e))?;
+    let header = DynHeader::parse(&bytes, header_offset)?;
+    findings.extend(header.lint());
+
+    let used = check_table_entries(&header, footer.current_size)?;
+    check_table_place(&header, header_offset, footer_offset)?;
+    let mut raw = vec![0u8; usize::try_from(used * 4).unwrap_or(0)];
+    storage
+        .read_exact_at(&mut raw, header.table_offset)
+        .map_err(|e| Error::io("reading the BAT", e))?;
+    let bat = parse_bat(&raw);
+    let unused = count_unused_allocated(
+        storage,
+        header.table_offset + used * 4,
+        u64::from(header.max_table_entries) - used,
+    )?;
+    if unused > 0 {
+        findings.push(Finding::new(
+            Rule::BatEntryUnused,
+            format!("{unused} BAT entries past the end of the disk ({used} blocks) are allocated"),
+        ));
+    }
+    let regions = metadata_regions(&header, header_offset, footer.disk_type, footer_offset);
+    let blocks_end = check_blocks(
+        &bat,
+        header.bitmap_size() + u64::from(header.block_size),
+        &regions,
+        footer_offset,
+    )?;
+    // New blocks go where the trailing footer is, past everything else.
+    let next_free = regions
+        .iter()
+        .map(|r| r.1)
+        .chain([footer_offset, blocks_end])
+        .map(|end| end.div_ceil(SECTOR_SIZE) * SECTOR_SIZE)
+        .max()
+        .unwrap_or(footer_offset);
+    Ok(Sparse::new(header, header_offset, bat, next_free))
+}
+
+/// FTR-DATA-OFFSET: the header lies after the footer copy and before the
+/// trailing footer.
+fn check_header_place(header_offset: u64, footer_offset: u64) -> Result<()> {
     let header_end = header_offset.checked_add(DYN_HEADER_SIZE as u64);
     if header_offset < FOOTER_SIZE as u64 || header_end.is_none_or(|end| end > footer_offset) {
         return Err(Error::FooterDataOffset {
@@ -331,30 +395,37 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
             ),
         });
     }
-    let mut bytes = [0u8; DYN_HEADER_SIZE];
-    storage
-        .read_exact_at(&mut bytes, header_offset)
-        .map_err(|e| Error::io("reading the dynamic header", e))?;
-    let header = DynHeader::parse(&bytes, header_offset)?;
-    findings.extend(header.lint());
+    Ok(())
+}
 
+/// HDR-MAX-TABLE-ENTRIES: the table covers the disk, which has at most
+/// [`MAX_BLOCKS`] blocks. Returns the number of blocks of the disk.
+fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
     let block_size = u64::from(header.block_size);
-    let used = footer.current_size.div_ceil(block_size);
+    let used = current_size.div_ceil(block_size);
     if used > MAX_BLOCKS {
         return Err(Error::MaxTableEntries {
             entries: header.max_table_entries,
-            reason: format!("the disk needs {used} blocks of {block_size} bytes, more than the bound of {MAX_BLOCKS}"),
+            reason: format!(
+                "the disk needs {used} blocks of {block_size} bytes, more than the bound of {MAX_BLOCKS}"
+            ),
         });
     }
     if u64::from(header.max_table_entries) < used {
         return Err(Error::MaxTableEntries {
             entries: header.max_table_entries,
             reason: format!(
-                "current size {} needs {used} blocks of {block_size} bytes",
-                footer.current_size
+                "current size {current_size} needs {used} blocks of {block_size} bytes"
             ),
         });
     }
+    Ok(used)
+}
+
+/// HDR-TABLE-OFFSET: the whole table lies inside the file, sector aligned,
+/// clear of the footers and the header. Checked before any of it is read,
+/// so a huge `max_table_entries` costs nothing.
+fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64) -> Result<()> {
     let table_offset = header.table_offset;
     let table_bytes = u64::from(header.max_table_entries) * 4;
     let table_end = table_offset.checked_add(table_bytes);
@@ -367,7 +438,7 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
             ),
         });
     }
-    if table_offset % SECTOR_SIZE != 0 {
+    if !table_offset.is_multiple_of(SECTOR_SIZE) {
         return Err(Error::TableOffset {
             offset: table_offset,
             reason: "is not sector aligned".to_string(),
@@ -380,47 +451,57 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
             reason: format!("overlaps the dynamic header at {header_offset:#x}"),
         });
     }
-    let mut raw = vec![0u8; usize::try_from(used * 4).unwrap_or(0)];
-    storage
-        .read_exact_at(&mut raw, table_offset)
-        .map_err(|e| Error::io("reading the BAT", e))?;
-    let bat = parse_bat(&raw);
-    let unused = count_unused_allocated(storage, table_offset + used * 4, u64::from(header.max_table_entries) - used)?;
-    if unused > 0 {
-        findings.push(Finding::new(
-            Rule::BatEntryUnused,
-            format!("{unused} BAT entries past the end of the disk ({used} blocks) are allocated"),
-        ));
-    }
+    Ok(())
+}
 
-    let bitmap_size = header.bitmap_size();
-    let span = bitmap_size + block_size;
-    // Regions that blocks must not overlap: copy, header, BAT, locator data.
-    let mut regions: Vec<(u64, u64, String)> = vec![
+/// The regions blocks must not overlap: the footer copy, the header, the
+/// BAT and (differencing) the locator data that lies inside the file.
+fn metadata_regions(
+    header: &DynHeader,
+    header_offset: u64,
+    disk_type: DiskType,
+    footer_offset: u64,
+) -> Vec<(u64, u64, String)> {
+    let table_offset = header.table_offset;
+    let mut regions = vec![
         (0, FOOTER_SIZE as u64, "the footer copy".to_string()),
-        (header_offset, header_offset + DYN_HEADER_SIZE as u64, "the dynamic header".to_string()),
+        (
+            header_offset,
+            header_offset + DYN_HEADER_SIZE as u64,
+            "the dynamic header".to_string(),
+        ),
         (
             table_offset,
-            table_offset + bat_size_on_disk(header.max_table_entries).min(footer_offset - table_offset),
+            table_offset
+                + bat_size_on_disk(header.max_table_entries).min(footer_offset - table_offset),
             "the BAT".to_string(),
         ),
     ];
-    let mut next_free = footer_offset.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
-    for r in &regions {
-        next_free = next_free.max(r.1.div_ceil(SECTOR_SIZE) * SECTOR_SIZE);
-    }
-    if footer.disk_type == DiskType::Differencing {
+    if disk_type == DiskType::Differencing {
         for (i, loc) in header.parent_locators.iter().enumerate() {
             if !loc.is_used() {
                 continue;
             }
             let start = loc.platform_data_offset;
-            let len = loc.data_space_bytes().max(u64::from(loc.platform_data_length));
+            let len = loc
+                .data_space_bytes()
+                .max(u64::from(loc.platform_data_length));
             if let Some(end) = start.checked_add(len).filter(|&end| end <= footer_offset) {
                 regions.push((start, end, format!("parent locator {i}")));
             }
         }
     }
+    regions
+}
+
+/// BAT-ENTRY-BEYOND-EOF and BAT-ENTRY-OVERLAP for every allocated block
+/// (bitmap and data, `span` bytes). Returns where the last block ends.
+fn check_blocks(
+    bat: &[u32],
+    span: u64,
+    regions: &[(u64, u64, String)],
+    footer_offset: u64,
+) -> Result<u64> {
     let mut blocks: Vec<(u64, u64, u32, u32)> = Vec::new();
     for (i, &entry) in bat.iter().enumerate() {
         if entry == UNALLOCATED {
@@ -437,33 +518,28 @@ fn load_sparse(storage: &dyn Storage, footer: &Footer, footer_offset: u64, findi
                 limit: footer_offset,
             });
         }
-        for (rs, re, what) in &regions {
-            if start < *re && *rs < end {
-                return Err(Error::BatEntryOverlap {
-                    block,
-                    sector: entry,
-                    other: what.clone(),
-                });
-            }
+        if let Some((_, _, what)) = regions.iter().find(|(rs, re, _)| start < *re && *rs < end) {
+            return Err(Error::BatEntryOverlap {
+                block,
+                sector: entry,
+                other: what.clone(),
+            });
         }
         blocks.push((start, end, block, entry));
     }
     blocks.sort_unstable();
     for pair in blocks.windows(2) {
-        if let [a, b] = pair {
-            if b.0 < a.1 {
-                return Err(Error::BatEntryOverlap {
-                    block: b.2,
-                    sector: b.3,
-                    other: format!("block {} at sector {:#x}", a.2, a.3),
-                });
-            }
+        if let [a, b] = pair
+            && b.0 < a.1
+        {
+            return Err(Error::BatEntryOverlap {
+                block: b.2,
+                sector: b.3,
+                other: format!("block {} at sector {:#x}", a.2, a.3),
+            });
         }
     }
-    if let Some(last) = blocks.last() {
-        next_free = next_free.max(last.1);
-    }
-    Ok(Sparse::new(header, header_offset, bat, next_free))
+    Ok(blocks.last().map_or(0, |last| last.1))
 }
 
 /// Counts allocated entries among `count` BAT entries at `offset` (the
@@ -479,7 +555,10 @@ fn count_unused_allocated(storage: &dyn Storage, offset: u64, count: u64) -> Res
         storage
             .read_exact_at(&mut buf, offset + done * 4)
             .map_err(|e| Error::io("reading the BAT", e))?;
-        allocated += parse_bat(&buf).iter().filter(|&&e| e != UNALLOCATED).count() as u64;
+        allocated += parse_bat(&buf)
+            .iter()
+            .filter(|&&e| e != UNALLOCATED)
+            .count() as u64;
         done += n;
     }
     Ok(allocated)
@@ -488,7 +567,9 @@ fn count_unused_allocated(storage: &dyn Storage, offset: u64, count: u64) -> Res
 /// The lock mode name for messages.
 pub(crate) fn lock_name(mode: LockMode) -> &'static str {
     match mode {
-        LockMode::Shared => "it is open for writing elsewhere (a shared lock for reading was refused)",
+        LockMode::Shared => {
+            "it is open for writing elsewhere (a shared lock for reading was refused)"
+        }
         LockMode::Exclusive => "it is open elsewhere (a writer needs an exclusive lock)",
     }
 }

@@ -53,7 +53,11 @@ impl std::fmt::Display for ParentSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ParentSource::Caller(p) => write!(f, "given by the caller: {p}"),
-            ParentSource::Locator { platform, locator, path } => {
+            ParentSource::Locator {
+                platform,
+                locator,
+                path,
+            } => {
                 write!(f, "{platform} locator {locator:?} -> {path}")
             }
             ParentSource::Name(p) => write!(f, "parent name in the child's directory: {p}"),
@@ -76,7 +80,9 @@ impl ChainGuard {
             });
         }
         if self.seen.len() >= MAX_CHAIN_DEPTH {
-            return Err(Error::ParentDepth { limit: MAX_CHAIN_DEPTH });
+            return Err(Error::ParentDepth {
+                limit: MAX_CHAIN_DEPTH,
+            });
         }
         self.seen.push(canonical);
         Ok(())
@@ -94,8 +100,11 @@ pub fn windows_path_to_local(text: &str) -> std::result::Result<PathBuf, String>
         return Err(format!("UNC path {text:?} cannot be opened on this system"));
     }
     let bytes = text.as_bytes();
-    if cfg!(not(windows)) && bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic() {
-        return Err(format!("drive-letter path {text:?} cannot be opened on this system"));
+    if cfg!(not(windows)) && bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic()
+    {
+        return Err(format!(
+            "drive-letter path {text:?} cannot be opened on this system"
+        ));
     }
     if cfg!(windows) {
         return Ok(PathBuf::from(text));
@@ -115,7 +124,9 @@ fn file_url_to_local(text: &str) -> std::result::Result<PathBuf, String> {
         .ok_or_else(|| format!("{text:?} is not a file:// URL"))?;
     let rest = rest.strip_prefix("localhost").unwrap_or(rest);
     let decoded = percent_decode(rest).ok_or_else(|| format!("{text:?} has a bad %-escape"))?;
-    let path = decoded.strip_prefix("./").map_or_else(|| decoded.clone(), str::to_string);
+    let path = decoded
+        .strip_prefix("./")
+        .map_or_else(|| decoded.clone(), str::to_string);
     if path.is_empty() {
         return Err("empty path".into());
     }
@@ -182,7 +193,10 @@ fn candidates(child: &mut Image, child_dir: &Path, tried: &mut Vec<String>) -> V
                 Rule::ParLocatorBounds,
                 format!("parent locator {i} ({}) has {len} bytes at offset {offset:#x}, not inside the file or over 64 KiB", platform.name()),
             ));
-            tried.push(format!("locator {i} ({}): data out of bounds", platform.name()));
+            tried.push(format!(
+                "locator {i} ({}): data out of bounds",
+                platform.name()
+            ));
             continue;
         }
         let mut data = vec![0u8; len as usize];
@@ -193,7 +207,10 @@ fn candidates(child: &mut Image, child_dir: &Path, tried: &mut Vec<String>) -> V
         let Some(text) = decode_locator(platform, &data) else {
             findings.push(Finding::new(
                 Rule::ParLocatorEncoding,
-                format!("parent locator {i} ({}) is not text in its encoding", platform.name()),
+                format!(
+                    "parent locator {i} ({}) is not text in its encoding",
+                    platform.name()
+                ),
             ));
             tried.push(format!("locator {i} ({}): not text", platform.name()));
             continue;
@@ -205,7 +222,11 @@ fn candidates(child: &mut Image, child_dir: &Path, tried: &mut Vec<String>) -> V
         };
         match local {
             Ok(p) => {
-                let path = if p.is_absolute() { p } else { child_dir.join(p) };
+                let path = if p.is_absolute() {
+                    p
+                } else {
+                    child_dir.join(p)
+                };
                 by_rank.push((
                     rank,
                     Candidate {
@@ -251,10 +272,8 @@ fn is_allowed(path: &Path, allowed: Option<&Vec<PathBuf>>) -> bool {
     let Ok(canonical) = path.canonicalize() else {
         return false;
     };
-    dirs.iter().any(|d| {
-        d.canonicalize()
-            .is_ok_and(|d| canonical.starts_with(d))
-    })
+    dirs.iter()
+        .any(|d| d.canonicalize().is_ok_and(|d| canonical.starts_with(d)))
 }
 
 /// Finds and opens the parent of `child` (read-only, shared lock, unless
@@ -287,24 +306,37 @@ pub(crate) fn resolve(
     // A candidate that is in use elsewhere exists but cannot be checked:
     // say it is locked rather than that no parent was found.
     let mut locked: Option<Error> = None;
-    let expected = child.dyn_header().map(|h| h.parent_unique_id).unwrap_or_default();
+    let expected = child
+        .dyn_header()
+        .map(|h| h.parent_unique_id)
+        .unwrap_or_default();
     for cand in candidates(child, &child_dir, &mut tried) {
         let shown = cand.path.display().to_string();
         if !cand.path.exists() {
-            tried.push(format!("{shown} ({}): no such file", source_kind(&cand.source)));
+            tried.push(format!(
+                "{shown} ({}): no such file",
+                source_kind(&cand.source)
+            ));
             continue;
         }
         // A locator comes from the file: never open a FIFO (which would
         // wait for a writer forever) or a device because an image says so.
         if !cand.path.metadata().is_ok_and(|m| m.is_file()) {
-            tried.push(format!("{shown} ({}): not a regular file, not opened", source_kind(&cand.source)));
+            tried.push(format!(
+                "{shown} ({}): not a regular file, not opened",
+                source_kind(&cand.source)
+            ));
             continue;
         }
         if !is_allowed(&cand.path, options.allowed_dirs.as_ref()) {
-            tried.push(format!("{shown}: outside the allowed directories, not followed"));
+            tried.push(format!(
+                "{shown}: outside the allowed directories, not followed"
+            ));
             continue;
         }
-        let mut sub = ChainGuard { seen: guard.seen.clone() };
+        let mut sub = ChainGuard {
+            seen: guard.seen.clone(),
+        };
         match parent_options().open_path(&cand.path, &mut sub) {
             Ok(image) => {
                 let found = image.footer().unique_id;
@@ -339,10 +371,10 @@ pub(crate) fn resolve(
     if let Some(e) = mismatch {
         return Err(e);
     }
-    if let Some(e) = other {
-        if tried.len() == 1 {
-            return Err(e);
-        }
+    if let Some(e) = other
+        && tried.len() == 1
+    {
+        return Err(e);
     }
     if tried.is_empty() {
         tried.push("the image has no usable locator and no parent name".into());

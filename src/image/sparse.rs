@@ -62,7 +62,12 @@ pub(crate) struct Sparse {
 }
 
 impl Sparse {
-    pub(crate) fn new(header: DynHeader, header_offset: u64, bat: Vec<u32>, next_free: u64) -> Self {
+    pub(crate) fn new(
+        header: DynHeader,
+        header_offset: u64,
+        bat: Vec<u32>,
+        next_free: u64,
+    ) -> Self {
         let block_size = u64::from(header.block_size);
         let bitmap_size = header.bitmap_size();
         Sparse {
@@ -102,7 +107,8 @@ impl Sparse {
             storage
                 .read_exact_at(&mut bits, u64::from(entry) * SECTOR_SIZE)
                 .map_err(|e| Error::io(format!("reading the bitmap of block {block}"), e))?;
-            self.bitmaps.insert(block, CachedBitmap { bits, dirty: false });
+            self.bitmaps
+                .insert(block, CachedBitmap { bits, dirty: false });
         }
         self.bitmaps
             .get_mut(&block)
@@ -111,7 +117,12 @@ impl Sparse {
 
     /// Splits `offset..offset+len` (inside one block) into runs that come
     /// from one source: `(guest_offset, len, source)` in order.
-    pub(crate) fn runs(&mut self, storage: &mut dyn Storage, offset: u64, len: u64) -> Result<Vec<(u64, u64, Source)>> {
+    pub(crate) fn runs(
+        &mut self,
+        storage: &mut dyn Storage,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, Source)>> {
         let block = usize::try_from(offset / self.block_size).unwrap_or(usize::MAX);
         let in_block = offset % self.block_size;
         let entry = self.entry(block);
@@ -168,7 +179,12 @@ impl Sparse {
     }
 
     /// Step 1 of the write order: a new block at the end of the file.
-    fn allocate(&mut self, storage: &mut dyn Storage, footer: &[u8; 512], block: usize) -> Result<u32> {
+    fn allocate(
+        &mut self,
+        storage: &mut dyn Storage,
+        footer: &[u8; 512],
+        block: usize,
+    ) -> Result<u32> {
         let start = self.next_free;
         let end = start + self.bitmap_size + self.block_size;
         let sector = u32::try_from(start / SECTOR_SIZE)
@@ -177,7 +193,8 @@ impl Sparse {
             .ok_or_else(|| Error::SizeLimit {
                 requested: end,
                 limit: MAX_BLOCK_FILE_OFFSET,
-                reason: "a block would start past 2 TiB, which a 32-bit BAT entry cannot address".into(),
+                reason: "a block would start past 2 TiB, which a 32-bit BAT entry cannot address"
+                    .into(),
             })?;
         storage
             .write_all_at(footer, end)
@@ -187,7 +204,8 @@ impl Sparse {
         }
         self.dirty_bat.insert(block);
         let bits = vec![0u8; usize::try_from(self.bitmap_size).unwrap_or(0)];
-        self.bitmaps.insert(block, CachedBitmap { bits, dirty: true });
+        self.bitmaps
+            .insert(block, CachedBitmap { bits, dirty: true });
         self.next_free = end;
         Ok(sector)
     }
@@ -198,7 +216,9 @@ impl Sparse {
         if !self.is_dirty() {
             return Ok(());
         }
-        storage.sync().map_err(|e| Error::io("syncing data before metadata", e))?;
+        storage
+            .sync()
+            .map_err(|e| Error::io("syncing data before metadata", e))?;
         let mut dirty: Vec<usize> = self
             .bitmaps
             .iter()
@@ -215,7 +235,9 @@ impl Sparse {
                 cached.dirty = false;
             }
         }
-        storage.sync().map_err(|e| Error::io("syncing bitmaps before the BAT", e))?;
+        storage
+            .sync()
+            .map_err(|e| Error::io("syncing bitmaps before the BAT", e))?;
         let dirty_bat = std::mem::take(&mut self.dirty_bat);
         let mut iter = dirty_bat.iter().copied().peekable();
         while let Some(first) = iter.next() {
@@ -224,7 +246,9 @@ impl Sparse {
                 last += 1;
                 iter.next();
             }
-            let bytes: Vec<u8> = (first..=last).flat_map(|b| self.entry(b).to_be_bytes()).collect();
+            let bytes: Vec<u8> = (first..=last)
+                .flat_map(|b| self.entry(b).to_be_bytes())
+                .collect();
             let at = self.header.table_offset + first as u64 * 4;
             storage
                 .write_all_at(&bytes, at)

@@ -61,9 +61,17 @@ impl FileStorage {
     /// look taken.
     fn lock(file: File, writable: bool) -> Result<Self, OpenError> {
         const TRIES: u32 = 20;
-        let mode = if writable { LockMode::Exclusive } else { LockMode::Shared };
+        let mode = if writable {
+            LockMode::Exclusive
+        } else {
+            LockMode::Shared
+        };
         for attempt in 1..=TRIES {
-            let result = if writable { file.try_lock() } else { file.try_lock_shared() };
+            let result = if writable {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            };
             match result {
                 Ok(()) => return Ok(FileStorage { file, writable }),
                 Err(TryLockError::WouldBlock) if attempt < TRIES => {

@@ -33,12 +33,15 @@ impl MemStorage {
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         // A poisoned lock only means another thread panicked mid-test; the
         // bytes are still the bytes.
-        self.bytes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.bytes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn range(offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
-    let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let start =
+        usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let end = start
         .checked_add(len)
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
