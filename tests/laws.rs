@@ -3,6 +3,9 @@
 //! change, the geometry algorithm against its transcription in the model,
 //! the BAT mapping, and the bitmap helpers.
 
+// quickcheck hands every generated value to a law by value.
+#![allow(clippy::needless_pass_by_value)]
+
 use std::collections::BTreeSet;
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -731,20 +734,20 @@ fn distinct_guest_bytes_of_allocated_blocks_have_distinct_file_offsets() {
     check(law as fn(Layout, u64, u64) -> TestResult);
 }
 
-/// Writes for a driver image: (offset fraction, length, byte).
+/// Writes for a driver image: (offset, length, byte).
 #[derive(Debug, Clone)]
-struct Writes {
+struct ImageWrites {
     size: u64,
     block_size: u32,
-    writes: Vec<(u64, u64, u8)>,
+    steps: Vec<(u64, u64, u8)>,
 }
 
-impl Arbitrary for Writes {
+impl Arbitrary for ImageWrites {
     fn arbitrary(g: &mut Gen) -> Self {
         let block_size = pick(g, &[512 * 1024, 1 << 20, 2 << 20]);
         let size = pick(g, &[512, 4096, 3 << 20, (5 << 20) + 1536, 8 << 20]);
         let n = below(g, 12) as usize;
-        let writes = (0..n)
+        let steps = (0..n)
             .map(|_| {
                 let offset = below(g, size);
                 let longest = if bool::arbitrary(g) { 3000 } else { 1 << 20 };
@@ -752,17 +755,17 @@ impl Arbitrary for Writes {
                 (offset, len, 1 + u8::arbitrary(g) % 255)
             })
             .collect();
-        Writes {
+        ImageWrites {
             size,
             block_size,
-            writes,
+            steps,
         }
     }
 
     fn shrink(&self) -> Box<dyn Iterator<Item = Self>> {
         let this = self.clone();
-        Box::new(self.writes.shrink().map(move |writes| Writes {
-            writes,
+        Box::new(self.steps.shrink().map(move |steps| ImageWrites {
+            steps,
             ..this.clone()
         }))
     }
@@ -770,14 +773,14 @@ impl Arbitrary for Writes {
 
 #[test]
 fn driver_map_agrees_with_the_models_file_offsets() {
-    fn law(w: Writes) -> bool {
+    fn law(w: ImageWrites) -> bool {
         let mem = MemStorage::new();
         let mut img = CreateOptions::new(DiskType::Dynamic, w.size)
             .block_size(w.block_size)
             .create_in(Box::new(mem.clone()), "map.vhd", None)
             .expect("create");
         let mut disk = model::Disk::new(w.size);
-        for &(offset, len, byte) in &w.writes {
+        for &(offset, len, byte) in &w.steps {
             let data = vec![byte; len as usize];
             img.write_at(offset, &data).expect("write");
             disk.write(offset, &data);
@@ -819,7 +822,7 @@ fn driver_map_agrees_with_the_models_file_offsets() {
         assert_eq!(expected_offset, w.size);
         true
     }
-    check_n(40, law as fn(Writes) -> bool);
+    check_n(40, law as fn(ImageWrites) -> bool);
 }
 
 // ---------------------------------------------------------------- bitmaps

@@ -3,14 +3,19 @@
 //! on `vhdref::model::Disk`; every read must agree. Failures shrink to a
 //! minimal sequence (proptest prints it).
 
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
+use uuid::Uuid;
+use vhdref::format::bat::serialize_bat;
+use vhdref::format::dyn_header::{DynHeader, HEADER_VERSION};
+use vhdref::format::footer::{FEATURE_RESERVED, FILE_FORMAT_VERSION};
+use vhdref::format::{LocatorEntry, UNALLOCATED};
 use vhdref::model::Disk;
 use vhdref::storage::{MemStorage, Storage};
-use vhdref::{CreateOptions, DiskType, Image, OpenOptions};
+use vhdref::{CreateOptions, DiskType, Footer, Geometry, Image, OpenOptions, Timestamp};
 
 const SECTOR: u64 = 512;
 const KIB: u64 = 1024;
@@ -34,7 +39,12 @@ const SIZES: &[u64] = &[
     8 * MIB,
 ];
 
-const BLOCK_SIZES: &[u32] = &[512 * 1024, 1 << 20, 2 << 20];
+/// Block sizes: the ones `create` makes, and small ones (which the reader
+/// accepts) in images built by hand.
+const BLOCK_SIZES: &[u32] = &[512, 4096, 64 * 1024, 512 * 1024, 1 << 20, 2 << 20];
+
+/// The smallest block size `create` makes.
+const MIN_CREATE_BLOCK: u32 = 512 * 1024;
 
 /// The bottom image of a disk.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +178,15 @@ enum Reopen {
 enum Op {
     Write(Span, Fill),
     Read(Span),
+    /// Seek, then `write_all` through [`Image::cursor`] (from the end if set).
+    CursorWrite(Span, Fill, bool),
+    /// Seek, then `read_exact` through [`Image::cursor`].
+    CursorRead(Span),
+    /// A write that runs `over` bytes past the end: refused, nothing written.
+    WritePastEnd {
+        back: u16,
+        over: u16,
+    },
     Flush,
     Reopen(Reopen),
 }
@@ -176,6 +195,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (span(), fill()).prop_map(|(s, f)| Op::Write(s, f)),
         3 => span().prop_map(Op::Read),
+        1 => (span(), fill(), any::<bool>()).prop_map(|(s, f, e)| Op::CursorWrite(s, f, e)),
+        1 => span().prop_map(Op::CursorRead),
+        1 => (any::<u16>(), 1u16..).prop_map(|(back, over)| Op::WritePastEnd { back, over }),
         1 => Just(Op::Flush),
         1 => prop_oneof![Just(Reopen::IntoStorage), Just(Reopen::Close), Just(Reopen::Drop)]
             .prop_map(Op::Reopen),
@@ -299,13 +321,73 @@ fn fail(what: &str, e: &vhdref::Error) -> TestCaseError {
     TestCaseError::fail(format!("{what}: {e}"))
 }
 
+fn io_fail(what: &str, e: &io::Error) -> TestCaseError {
+    TestCaseError::fail(format!("{what}: {e}"))
+}
+
 // ------------------------------------------------------------ single image
 
 fn create(mem: &MemStorage, spec: BaseSpec, name: &str) -> Image {
+    if spec.disk_type == DiskType::Dynamic && spec.block_size < MIN_CREATE_BLOCK {
+        mem.clone()
+            .write_all_at(&handmade_sparse(spec.size, spec.block_size, None), 0)
+            .expect("memory");
+        return OpenOptions::new()
+            .write(true)
+            .open_storage(Box::new(mem.clone()), name)
+            .expect("open a handmade image");
+    }
     CreateOptions::new(spec.disk_type, spec.size)
         .block_size(spec.block_size)
         .create_in(Box::new(mem.clone()), name, None)
         .expect("create an image in memory")
+}
+
+/// An empty dynamic image, or with `parent` a differencing one (without
+/// locators: the parent is given when opening), built by hand for block
+/// sizes `create` does not make.
+fn handmade_sparse(size: u64, block_size: u32, parent: Option<&Image>) -> Vec<u8> {
+    static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+    let blocks = u32::try_from(size.div_ceil(u64::from(block_size))).expect("small disks");
+    let table_offset = 1536;
+    let bat = serialize_bat(&vec![UNALLOCATED; blocks as usize]);
+    let footer = Footer {
+        features: FEATURE_RESERVED,
+        file_format_version: FILE_FORMAT_VERSION,
+        data_offset: 512,
+        time_stamp: Timestamp(0x2000_0000),
+        creator_application: *b"test",
+        creator_version: 1,
+        creator_host_os: *b"Wi2k",
+        original_size: size,
+        current_size: size,
+        disk_geometry: Geometry::for_size(size),
+        disk_type: if parent.is_some() {
+            DiskType::Differencing
+        } else {
+            DiskType::Dynamic
+        },
+        unique_id: Uuid::from_u128(0x7e57 << 64 | NEXT_ID.fetch_add(1, Ordering::SeqCst) as u128),
+        saved_state: false,
+    };
+    let header = DynHeader {
+        data_offset: u64::MAX,
+        table_offset,
+        header_version: HEADER_VERSION,
+        max_table_entries: blocks,
+        block_size,
+        parent_unique_id: parent.map_or(Uuid::nil(), |p| p.footer().unique_id),
+        parent_time_stamp: parent.map_or(Timestamp(0), |p| p.footer().time_stamp),
+        parent_unicode_name: DynHeader::encode_parent_name(parent.map_or("", |p| p.name()))
+            .expect("a short name"),
+        parent_locators: [LocatorEntry::default(); 8],
+    };
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&footer.to_bytes());
+    bytes.extend_from_slice(&header.to_bytes());
+    bytes.extend_from_slice(&bat);
+    bytes.extend_from_slice(&footer.to_bytes());
+    bytes
 }
 
 fn run_single(spec: BaseSpec, ops: &[Op]) -> Result<(), TestCaseError> {
@@ -332,6 +414,53 @@ fn run_single(spec: BaseSpec, ops: &[Op]) -> Result<(), TestCaseError> {
                     got == want,
                     "step {step}: read {len} at {offset} differs from the model at byte {:?}",
                     first_difference(&got, &want).map(|i| offset + i as u64)
+                );
+            }
+            Op::CursorWrite(span, fill, from_end) => {
+                let (offset, len) = span.resolve(spec.size, bs);
+                let data = fill.bytes(len);
+                let mut cursor = image.cursor();
+                let to = if from_end {
+                    SeekFrom::End(-i64::try_from(spec.size - offset).expect("small"))
+                } else {
+                    SeekFrom::Start(offset)
+                };
+                prop_assert_eq!(cursor.seek(to).map_err(|e| io_fail("seek", &e))?, offset);
+                cursor.write_all(&data).map_err(|e| {
+                    io_fail(&format!("step {step}: cursor write {len} at {offset}"), &e)
+                })?;
+                prop_assert_eq!(cursor.position(), offset + len);
+                disk.write(offset, &data);
+            }
+            Op::CursorRead(span) => {
+                let (offset, len) = span.resolve(spec.size, bs);
+                let mut got = vec![0xA5; len as usize];
+                let mut cursor = image.cursor();
+                cursor
+                    .seek(SeekFrom::Start(offset))
+                    .map_err(|e| io_fail("seek", &e))?;
+                cursor.read_exact(&mut got).map_err(|e| {
+                    io_fail(&format!("step {step}: cursor read {len} at {offset}"), &e)
+                })?;
+                // At the end of the disk a read gives nothing more.
+                let mut more = [0u8; 1];
+                if offset + len == spec.size {
+                    prop_assert_eq!(cursor.read(&mut more).map_err(|e| io_fail("read", &e))?, 0);
+                }
+                prop_assert!(
+                    got == disk.read(offset, len),
+                    "step {step}: cursor read {len} at {offset} differs"
+                );
+            }
+            Op::WritePastEnd { back, over } => {
+                let offset = spec.size.saturating_sub(u64::from(back));
+                let len = spec.size - offset + u64::from(over);
+                let refused = image.write_at(offset, &vec![0xEE; len as usize]);
+                prop_assert!(
+                    refused
+                        .as_ref()
+                        .is_err_and(|e| e.kind() == vhdref::ErrorKind::OutOfRange),
+                    "step {step}: a write of {len} at {offset} past the end gave {refused:?}"
                 );
             }
             Op::Flush => image.flush().map_err(|e| fail("flush", &e))?,
@@ -505,14 +634,23 @@ impl Chain {
         let parent_name = self.layers.last().expect("a base").name.clone();
         let name = format!("layer{}.vhd", self.layers.len());
         let mem = MemStorage::new();
-        let child = CreateOptions::new(DiskType::Differencing, 0)
-            .block_size(block_size)
-            .create_in(
-                Box::new(mem.clone()),
-                name.clone(),
-                Some((parent, parent_name.as_str())),
-            )
-            .map_err(|e| fail("creating a child", &e))?;
+        let child = if block_size < MIN_CREATE_BLOCK {
+            let bytes = handmade_sparse(self.size, block_size, Some(&parent));
+            mem.clone().write_all_at(&bytes, 0).expect("memory");
+            OpenOptions::new()
+                .write(true)
+                .parent_image(parent)
+                .open_storage(Box::new(mem.clone()), name.clone())
+        } else {
+            CreateOptions::new(DiskType::Differencing, 0)
+                .block_size(block_size)
+                .create_in(
+                    Box::new(mem.clone()),
+                    name.clone(),
+                    Some((parent, parent_name.as_str())),
+                )
+        }
+        .map_err(|e| fail("creating a child", &e))?;
         prop_assert_eq!(child.size(), self.size);
         self.layers.push(Layer { mem, name });
         self.top = Some(child);
@@ -585,7 +723,7 @@ fn run_chain(setup: &ChainSetup, ops: &[ChainOp]) -> Result<(), TestCaseError> {
     for (step, op) in ops.iter().enumerate() {
         let at = |e: TestCaseError| match e {
             TestCaseError::Fail(why) => TestCaseError::fail(format!("step {step} ({op:?}): {why}")),
-            other => other,
+            TestCaseError::Reject(why) => TestCaseError::Reject(why),
         };
         match *op {
             ChainOp::Write(span, fill) => chain.write(span, fill).map_err(at)?,
@@ -742,7 +880,7 @@ proptest! {
         let bat = img.bat().expect("dynamic").to_vec();
         let bs = u64::from(bs);
         for (block, entry) in bat.iter().enumerate() {
-            if *entry != vhdref::format::UNALLOCATED {
+            if *entry != UNALLOCATED {
                 continue;
             }
             let start = block as u64 * bs;
