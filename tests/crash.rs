@@ -664,6 +664,18 @@ fn a_crash_before_the_first_flush_leaves_the_old_disk_and_a_usable_image() {
     rec.judge_recovery(bytes, &seen, "before the first sync");
 }
 
+/// `cases` cases, or `PROPTEST_CASES` from the environment for a deeper run.
+fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct RandomWrite {
     offset: u64,
@@ -683,7 +695,7 @@ fn random_sequence(size: u64) -> impl Strategy<Value = Vec<Step>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    #![proptest_config(config(8))]
 
     #[test]
     fn random_write_sequences_survive_a_crash_at_every_point(
