@@ -386,6 +386,8 @@ impl Image {
             out.push(e);
         };
         match &mut self.layout {
+            // An empty range (a disk of size 0) has no extent, as in a sparse image.
+            Layout::Fixed if len == 0 => Ok(()),
             Layout::Fixed => {
                 push(
                     out,
