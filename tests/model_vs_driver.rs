@@ -752,7 +752,7 @@ fn run_chain(setup: &ChainSetup, ops: &[ChainOp]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(48))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn chain_reads_what_the_model_reads(
