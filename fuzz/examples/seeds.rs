@@ -47,7 +47,7 @@ fn main() -> std::io::Result<()> {
         "differencing-empty",
         bytes_of(&*child.into_storage().expect("flush")),
     ));
-    for dir in ["open_read", "check"] {
+    for dir in ["open_read", "check", "open_write"] {
         let dir = Path::new("corpus").join(dir);
         std::fs::create_dir_all(&dir)?;
         for (name, bytes) in &seeds {

@@ -16,7 +16,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let size = small_size(input.sectors);
+    let size = small_size(input.sectors, 2 << 20);
     let mut src = Pair::new(DiskType::Dynamic, size, block_size(input.block));
     for &(offset, len, seed) in input.ops.iter().take(32) {
         src.apply(&Op::Write { offset, len, seed });

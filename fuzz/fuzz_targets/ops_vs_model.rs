@@ -14,14 +14,15 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let disk_type = if input.fixed {
-        DiskType::Fixed
+    // A fixed image costs its whole size in memory: keep it smaller.
+    let (disk_type, max) = if input.fixed {
+        (DiskType::Fixed, 1 << 20)
     } else {
-        DiskType::Dynamic
+        (DiskType::Dynamic, 4 << 20)
     };
     let mut pair = Pair::new(
         disk_type,
-        small_size(input.sectors),
+        small_size(input.sectors, max),
         block_size(input.block),
     );
     for op in input.ops.iter().take(64) {

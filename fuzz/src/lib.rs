@@ -114,9 +114,10 @@ pub fn findings_are_sound(bytes: &[u8]) {
     }
 }
 
-/// Guest sizes the structured targets use: 1 to 8192 sectors (4 MiB).
-pub fn small_size(sectors: u16) -> u64 {
-    (u64::from(sectors) % 8192 + 1) * 512
+/// A guest size of 1 sector to `max` bytes (a multiple of 512). Small:
+/// every exec creates, compares and copies whole disks.
+pub fn small_size(sectors: u16, max: u64) -> u64 {
+    (u64::from(sectors) % (max / 512) + 1) * 512
 }
 
 /// Block sizes `create` accepts, small ones first.
@@ -148,7 +149,7 @@ pub enum Op {
     Write {
         /// Guest offset (mod size).
         offset: u32,
-        /// Length (mod 128 KiB, clipped at the end).
+        /// Length (mod [`MAX_OP_LEN`] + 1, clipped at the end).
         len: u32,
         /// Pattern seed.
         seed: u8,
@@ -157,7 +158,7 @@ pub enum Op {
     Read {
         /// Guest offset (mod size).
         offset: u32,
-        /// Length (mod 128 KiB, clipped at the end).
+        /// Length (mod [`MAX_OP_LEN`] + 1, clipped at the end).
         len: u32,
     },
     /// Flush metadata.
@@ -172,10 +173,30 @@ pub enum Op {
     DropChild,
 }
 
+/// What the model reads at `offset`, a sector at a time (the model's own
+/// `read` goes byte by byte, too slow for a fuzzer on megabytes).
+pub fn model_read(model: &Disk, offset: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let end = offset + len as u64;
+    let mut pos = offset;
+    while pos < end {
+        let sector = model.sector(pos / 512);
+        let from = (pos % 512) as usize;
+        let n = (512 - from).min((end - pos) as usize);
+        out.extend_from_slice(&sector[from..from + n]);
+        pos += n as u64;
+    }
+    out
+}
+
+/// Longest write or read of one op: the model writes byte by byte, so
+/// longer writes would slow the fuzzer more than they find.
+pub const MAX_OP_LEN: u64 = 16 << 10;
+
 /// Clamps an op's offset and length into a disk of `size` bytes.
 pub fn clamp(offset: u32, len: u32, size: u64) -> (u64, usize) {
     let offset = u64::from(offset) % size;
-    let len = (u64::from(len) % (128 << 10)).min(size - offset);
+    let len = (u64::from(len) % (MAX_OP_LEN + 1)).min(size - offset);
     (offset, len as usize)
 }
 
@@ -236,7 +257,7 @@ impl Pair {
         self.img
             .read_at(offset, &mut got)
             .expect("read in range works");
-        let want = self.model.read(offset, len as u64);
+        let want = model_read(&self.model, offset, len);
         if got != want {
             let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
             panic!(
@@ -344,7 +365,7 @@ pub fn assert_same_contents(a: &mut Image, b: &mut Image) {
 pub struct ChainInput {
     /// Parent is fixed (else dynamic).
     pub fixed_parent: bool,
-    /// Parent size, see [`small_size`].
+    /// Parent size, see [`small_size`] (at most 2 MiB).
     pub sectors: u16,
     /// Parent block size, see [`block_size`].
     pub block: u8,
@@ -381,7 +402,7 @@ pub fn open_child_on_parent(input: &ChainInput) {
     };
     let mut pair = Pair::new(
         disk_type,
-        small_size(input.sectors),
+        small_size(input.sectors, 2 << 20),
         block_size(input.block),
     );
     for &(offset, len, seed) in input.parent_writes.iter().take(4) {
@@ -430,5 +451,68 @@ pub fn open_child_on_parent(input: &ChainInput) {
             assert!(!pristine, "a valid child fails to open: {e}");
             assert_acceptable(&e);
         }
+    }
+}
+
+/// Disks up to this size are written by the `open_write` target.
+pub const WRITE_CAP: u64 = 8 << 20;
+
+/// The `open_write` oracle: an image that opens for writing (however odd
+/// its layout) takes writes at its start, middle and end, and after a
+/// flush and a reopen reads exactly what it read before plus the writes:
+/// allocating blocks never clobbers other data or metadata.
+pub fn write_then_reopen(bytes: &[u8]) {
+    let mem = MemStorage::from_bytes(bytes.to_vec());
+    let opened = OpenOptions::new()
+        .write(true)
+        .allow_parent_dirs(Vec::new())
+        .open_storage(Box::new(mem.clone()), "fuzz.vhd");
+    let mut img = match opened {
+        Ok(img) => img,
+        // Only the footer copy is valid: such an image opens read-only only.
+        Err(e) if e.kind() == ErrorKind::ReadOnly => return,
+        Err(e) => return assert_acceptable(&e),
+    };
+    let size = img.size();
+    if size > WRITE_CAP || size < 1024 {
+        return;
+    }
+    let mut expected = vec![0u8; size as usize];
+    if let Err(e) = img.read_at(0, &mut expected) {
+        return assert_acceptable(&e);
+    }
+    let half = size / 2 / 512 * 512;
+    let writes = [
+        (0, 512),
+        (half - 100, 700.min(size - half + 100)),
+        (size - 512, 512),
+    ];
+    for (i, &(offset, len)) in writes.iter().enumerate() {
+        let data = pattern(i as u8 + 1, len as usize);
+        if let Err(e) = img.write_at(offset, &data) {
+            return assert_acceptable(&e);
+        }
+        expected[offset as usize..(offset + len) as usize].copy_from_slice(&data);
+    }
+    if let Err(e) = img.close() {
+        return assert_acceptable(&e);
+    }
+    let mut again = OpenOptions::new()
+        .open_storage(Box::new(mem), "fuzz.vhd")
+        .unwrap_or_else(|e| panic!("an image we wrote does not open again: {e}"));
+    let mut got = vec![0u8; size as usize];
+    again
+        .read_at(0, &mut got)
+        .expect("the image we wrote reads");
+    if got != expected {
+        let at = got
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        panic!(
+            "after writing and reopening, byte {at} reads {:#04x}, expected {:#04x}",
+            got[at], expected[at]
+        );
     }
 }
