@@ -12,7 +12,7 @@ use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use uuid::Uuid;
 use vhdref::format::dyn_header::{self, DynHeader};
 use vhdref::format::footer::{self, FEATURE_RESERVED, FILE_FORMAT_VERSION, NO_DATA_OFFSET};
-use vhdref::format::geometry::{MAX_CHS_SECTORS, chs_rounded_size};
+use vhdref::format::geometry::{MAX_CHS_SECTORS, chs_rounded, chs_rounded_size};
 use vhdref::format::{LocatorEntry, Platform, SECTOR_SIZE, bitmap, checksum::checksum};
 use vhdref::storage::MemStorage;
 use vhdref::{CreateOptions, DiskType, Footer, Geometry, Rule, Timestamp, model};
@@ -581,6 +581,30 @@ fn chs_rounded_size_of_whole_mebibytes_is_described_exactly_by_its_own_geometry(
             "{mib} MiB rounds to {size}"
         );
     }
+}
+
+#[test]
+fn the_geometry_the_chs_rule_finds_describes_the_rounded_size_exactly() {
+    fn law(r: Request) -> bool {
+        let Some((size, geometry)) = chs_rounded(r.0) else {
+            return false;
+        };
+        geometry.capacity() == size && chs_rounded_size(r.0) == Some(size)
+    }
+    check(law as fn(Request) -> bool);
+}
+
+#[test]
+fn below_a_switch_of_the_algorithm_the_chs_rule_keeps_the_geometry_it_found() {
+    // qemu-img create -f vpc 35617280 writes 35642880 bytes with 819/5/17
+    // (spec/rules.md, GEO-ALGORITHM); the algorithm on 35642880 gives less.
+    let (size, geometry) = chs_rounded(35_617_280).expect("small");
+    assert_eq!(size, 35_642_880);
+    assert_eq!(
+        (geometry.cylinders, geometry.heads, geometry.sectors_per_track),
+        (819, 5, 17)
+    );
+    assert!(Geometry::for_size(size).capacity() < size);
 }
 
 #[test]

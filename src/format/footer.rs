@@ -261,8 +261,11 @@ impl Footer {
                 ),
             ));
         }
+        // The algorithm's geometry, or one that describes the size exactly
+        // (what the CHS rounding of QEMU and `--size-rule chs` finds just
+        // below a switch of the algorithm).
         let expected = Geometry::for_size(self.current_size);
-        if self.disk_geometry != expected {
+        if self.disk_geometry != expected && self.disk_geometry.capacity() != self.current_size {
             let g = self.disk_geometry;
             out.push(Finding::new(
                 Rule::GeoAlgorithm,

@@ -76,6 +76,17 @@ impl Geometry {
 /// (what `qemu-img create -f vpc` does without `force_size`). `None` when no
 /// geometry is large enough (over about 127 GiB).
 pub fn chs_rounded_size(requested: u64) -> Option<u64> {
+    chs_rounded(requested).map(|(size, _)| size)
+}
+
+/// The `chs` rule with the geometry it found. The search tries the
+/// algorithm for `n`, `n + 1`, ... sectors and stops at the first geometry
+/// that covers the request; the size is what that geometry describes. Just
+/// below each switch of the algorithm (sectors per track 17 -> 31 -> 63),
+/// the algorithm run on the rounded size itself gives a smaller geometry,
+/// so the geometry found is kept with the size, as QEMU keeps it: it
+/// describes the size exactly (GEO-ALGORITHM accepts that).
+pub fn chs_rounded(requested: u64) -> Option<(u64, Geometry)> {
     let wanted = requested.div_ceil(SECTOR_SIZE);
     if wanted > MAX_CHS_SECTORS {
         return None;
@@ -84,9 +95,10 @@ pub fn chs_rounded_size(requested: u64) -> Option<u64> {
     // cylinder (at most 16 x 255 sectors), so this search is short.
     let mut n = wanted;
     while n <= MAX_CHS_SECTORS {
-        let capacity = Geometry::from_total_sectors(n).total_sectors();
+        let geometry = Geometry::from_total_sectors(n);
+        let capacity = geometry.total_sectors();
         if capacity >= wanted {
-            return Some(capacity * SECTOR_SIZE);
+            return Some((capacity * SECTOR_SIZE, geometry));
         }
         n += 1;
     }

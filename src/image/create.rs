@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::bat::{bat_size_on_disk, serialize_bat};
 use crate::format::dyn_header::{DEFAULT_BLOCK_SIZE, HEADER_VERSION};
 use crate::format::footer::{FEATURE_RESERVED, FILE_FORMAT_VERSION, NO_DATA_OFFSET};
-use crate::format::geometry::{MAX_CHS_SECTORS, chs_rounded_size};
+use crate::format::geometry::{MAX_CHS_SECTORS, chs_rounded};
 use crate::format::locator::{LOCATOR_COUNT, encode_utf16le};
 use crate::format::{
     DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, Geometry, LocatorEntry,
@@ -137,7 +137,14 @@ impl CreateOptions {
     /// The `current_size` this would create, after the size rule and the
     /// limits: an error names the limit broken.
     pub fn effective_size(&self) -> Result<u64> {
-        let size = match self.size_rule {
+        self.size_and_geometry().map(|(size, _)| size)
+    }
+
+    /// The size and the geometry this would write: under the exact rule
+    /// the spec algorithm's geometry for the size, under the chs rule the
+    /// geometry the rounding found (which describes the size exactly).
+    fn size_and_geometry(&self) -> Result<(u64, Geometry)> {
+        let (size, geometry) = match self.size_rule {
             SizeRule::Exact => {
                 if !self.size.is_multiple_of(SECTOR_SIZE) {
                     return Err(Error::InvalidArgument(format!(
@@ -145,9 +152,9 @@ impl CreateOptions {
                         self.size
                     )));
                 }
-                self.size
+                (self.size, Geometry::for_size(self.size))
             }
-            SizeRule::Chs => chs_rounded_size(self.size).ok_or_else(|| Error::SizeLimit {
+            SizeRule::Chs => chs_rounded(self.size).ok_or_else(|| Error::SizeLimit {
                 requested: self.size,
                 limit: MAX_CHS_SECTORS * SECTOR_SIZE,
                 reason: "the chs size rule can only describe 65535 x 16 x 255 sectors".into(),
@@ -186,7 +193,7 @@ impl CreateOptions {
                 });
             }
         }
-        Ok(size)
+        Ok((size, geometry))
     }
 
     fn check_block_size(&self) -> Result<()> {
@@ -273,13 +280,10 @@ impl CreateOptions {
         parent: Option<Image>,
         info: Option<ParentInfo>,
     ) -> Result<Image> {
-        let size = match &info {
-            Some(i) => i.size,
-            None => self.effective_size()?,
+        let (size, geometry) = match &info {
+            Some(i) => (i.size, i.geometry),
+            None => self.size_and_geometry()?,
         };
-        let geometry = info
-            .as_ref()
-            .map_or_else(|| Geometry::for_size(size), |i| i.geometry);
         let footer = Footer {
             features: FEATURE_RESERVED,
             file_format_version: FILE_FORMAT_VERSION,
