@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 export VHDREF_VENV="${VHDREF_VENV:-/opt/vhdref-venv}"
-exec cargo test --all-targets
+cargo test --all-targets
+cargo test --doc
