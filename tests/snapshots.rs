@@ -6,6 +6,8 @@
 //! the on-disk bytes: `INSTA_UPDATE=always cargo test --test snapshots`,
 //! then review the diff of the `.snap` files before committing them.
 
+use std::fmt::Write as _;
+
 use uuid::Uuid;
 use vhdref::format::{DYN_HEADER_SIZE, FOOTER_SIZE, Footer};
 use vhdref::storage::MemStorage;
@@ -15,8 +17,8 @@ use vhdref::{CreateOptions, DiskType, Geometry, Image, OpenOptions, SizeRule, Ti
 const CREATED: Timestamp = Timestamp(788_832_000);
 /// The parent of the differencing snapshots was made a day earlier.
 const PARENT_CREATED: Timestamp = Timestamp(788_745_600);
-const ID: u128 = 0x0123_4567_89ab_4def_8123_456789abcdef;
-const PARENT_ID: u128 = 0xfedc_ba98_7654_4321_8fed_cba987654321;
+const ID: u128 = 0x0123_4567_89ab_4def_8123_4567_89ab_cdef;
+const PARENT_ID: u128 = 0xfedc_ba98_7654_4321_8fed_cba9_8765_4321;
 
 /// A hexdump as `hexdump -C` prints it: offset, 16 bytes in hex, ASCII;
 /// a run of lines equal to the one before becomes one `*`. Offsets start
@@ -41,7 +43,7 @@ fn hexdump(bytes: &[u8], base: u64) -> String {
             if j == 8 {
                 hex.push(' ');
             }
-            hex.push_str(&format!("{b:02x} "));
+            let _ = write!(hex, "{b:02x} ");
         }
         let ascii: String = line
             .iter()
@@ -53,9 +55,9 @@ fn hexdump(bytes: &[u8], base: u64) -> String {
                 }
             })
             .collect();
-        out.push_str(&format!("{offset:08x}  {hex:<49} |{ascii}|\n"));
+        let _ = writeln!(out, "{offset:08x}  {hex:<49} |{ascii}|");
     }
-    out.push_str(&format!("{:08x}\n", base + bytes.len() as u64));
+    let _ = writeln!(out, "{:08x}", base + bytes.len() as u64);
     out
 }
 

@@ -474,7 +474,7 @@ pub fn write_then_reopen(bytes: &[u8]) {
         Err(e) => return assert_acceptable(&e),
     };
     let size = img.size();
-    if size > WRITE_CAP || size < 1024 {
+    if !(1024..=WRITE_CAP).contains(&size) {
         return;
     }
     let mut expected = vec![0u8; size as usize];
