@@ -92,6 +92,12 @@ impl Image {
         OpenOptions::new().write(true).open(path)
     }
 
+    /// Creates a new image at `path` (which must not exist) as `options`
+    /// say, open for writing. The same as `options.create(path)`.
+    pub fn create(path: impl AsRef<Path>, options: &CreateOptions) -> Result<Image> {
+        options.create(path)
+    }
+
     /// The guest size in bytes (`current_size`).
     pub fn size(&self) -> u64 {
         self.footer.current_size
