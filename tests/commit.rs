@@ -41,7 +41,9 @@ impl Storage for FailAfter {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// A parent with data, and a child over it with writes of its own; returns
@@ -63,10 +65,16 @@ fn chain(parent_type: DiskType) -> (MemStorage, MemStorage, Vec<u8>) {
     let child_mem = MemStorage::new();
     let mut child = CreateOptions::new(DiskType::Differencing, 0)
         .block_size(512 * 1024)
-        .create_in(Box::new(child_mem.clone()), "child.vhd", Some((parent, "parent.vhd")))
+        .create_in(
+            Box::new(child_mem.clone()),
+            "child.vhd",
+            Some((parent, "parent.vhd")),
+        )
         .unwrap();
     child.write_at(1000, &pattern(3, 5000)).unwrap();
-    child.write_at(MIB - 700, &pattern(4, 2 * MIB as usize)).unwrap();
+    child
+        .write_at(MIB - 700, &pattern(4, 2 * MIB as usize))
+        .unwrap();
     child.write_at(4 * MIB - 512, &pattern(5, 512)).unwrap();
     let mut expected = vec![0u8; size as usize];
     child.read_at(0, &mut expected).unwrap();
@@ -81,7 +89,9 @@ fn read_all(img: &mut Image) -> Vec<u8> {
 }
 
 fn commit(parent: Box<dyn Storage>, child_mem: &MemStorage) -> vhdref::Result<vhdref::CommitStats> {
-    let parent = OpenOptions::new().write(true).open_storage(parent, "parent.vhd")?;
+    let parent = OpenOptions::new()
+        .write(true)
+        .open_storage(parent, "parent.vhd")?;
     let mut child = OpenOptions::new()
         .parent_image(parent)
         .open_storage(Box::new(child_mem.clone()), "child.vhd")?;
@@ -105,13 +115,25 @@ fn commit_makes_the_parent_read_like_the_chain_and_leaves_the_child_unchanged() 
         let child_before = child_mem.to_vec();
         let stats = commit(Box::new(parent_mem.clone()), &child_mem).unwrap();
         assert_eq!(stats.bytes, 5120 + 2 * MIB + 1024 + 512, "{parent_type:?}");
-        assert_eq!(read_all(&mut open_parent(&parent_mem)), expected, "{parent_type:?}");
-        assert_eq!(child_mem.to_vec(), child_before, "the child's bytes must not change");
+        assert_eq!(
+            read_all(&mut open_parent(&parent_mem)),
+            expected,
+            "{parent_type:?}"
+        );
+        assert_eq!(
+            child_mem.to_vec(),
+            child_before,
+            "the child's bytes must not change"
+        );
         let mut child = OpenOptions::new()
             .parent_image(open_parent(&parent_mem))
             .open_storage(Box::new(child_mem.clone()), "child.vhd")
             .unwrap();
-        assert_eq!(read_all(&mut child), expected, "the child still reads the same");
+        assert_eq!(
+            read_all(&mut child),
+            expected,
+            "the child still reads the same"
+        );
     }
 }
 
@@ -141,7 +163,10 @@ fn interrupted_commit_completes_when_run_again() {
             cut += 1;
             assert!(cut < 10_000, "commit never finished");
         }
-        assert!(cut > 3, "the cut must have landed inside the commit at least a few times");
+        assert!(
+            cut > 3,
+            "the cut must have landed inside the commit at least a few times"
+        );
     }
 }
 
@@ -152,9 +177,14 @@ fn committing_an_image_that_is_not_differencing_is_refused() {
         .create_in(Box::new(mem.clone()), "d.vhd", None)
         .unwrap();
     drop(img);
-    let mut img = OpenOptions::new().open_storage(Box::new(mem), "d.vhd").unwrap();
+    let mut img = OpenOptions::new()
+        .open_storage(Box::new(mem), "d.vhd")
+        .unwrap();
     let err = img.commit_into_parent().unwrap_err();
-    assert!(err.to_string().contains("only a differencing image"), "{err}");
+    assert!(
+        err.to_string().contains("only a differencing image"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 use vhdref::Image;
 
 fn manifest() -> Vec<Value> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("corpora/manifest.json"))
-        .expect("corpora/manifest.json");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("corpora/manifest.json"),
+    )
+    .expect("corpora/manifest.json");
     let json: Value = serde_json::from_str(&text).expect("manifest is JSON");
     json["cases"].as_array().expect("cases").clone()
 }
@@ -59,8 +61,16 @@ fn every_corpus_case_gets_its_manifest_verdict() {
             }
             (_, Err(e)) => failures.push(format!("{file}: {e}, expected {verdict}")),
             (_, Ok(mut img)) => {
-                let found: BTreeSet<String> = img.findings().iter().map(|f| f.rule.id().to_string()).collect();
-                let expected = if verdict == "valid" { BTreeSet::new() } else { rules.clone() };
+                let found: BTreeSet<String> = img
+                    .findings()
+                    .iter()
+                    .map(|f| f.rule.id().to_string())
+                    .collect();
+                let expected = if verdict == "valid" {
+                    BTreeSet::new()
+                } else {
+                    rules.clone()
+                };
                 if found != expected {
                     failures.push(format!("{file}: findings {found:?}, expected {expected:?}"));
                 }
@@ -73,5 +83,9 @@ fn every_corpus_case_gets_its_manifest_verdict() {
             }
         }
     }
-    assert!(failures.is_empty(), "corpus failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "corpus failures:\n{}",
+        failures.join("\n")
+    );
 }

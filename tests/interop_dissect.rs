@@ -192,16 +192,25 @@ fn an_unaligned_pyvhd_image_is_read_with_a_warning_like_libvhdi_reads_it() {
     let rules: Vec<_> = img.findings().iter().map(|f| f.rule.id()).collect();
     assert_eq!(rules, ["FTR-CURRENT-SIZE"]);
     assert_eq!(img.size(), 5_000_000);
-    assert_same_bytes(&read_all(&mut img), &raw, "vhdref reading the unaligned pyvhd image");
+    assert_same_bytes(
+        &read_all(&mut img),
+        &raw,
+        "vhdref reading the unaligned pyvhd image",
+    );
     drop(img);
     // Writing the last, partial sector works and keeps the rest of it.
     let mut img = vhdref::Image::open_rw(&path).expect("open for writing");
-    img.write_at(4_999_990, &[0xAB; 10]).expect("write the tail");
+    img.write_at(4_999_990, &[0xAB; 10])
+        .expect("write the tail");
     img.close().expect("close");
     let mut expected = raw.clone();
     expected[4_999_990..].fill(0xAB);
     let mut img = Image::open(&path).expect("reopen");
-    assert_same_bytes(&read_all(&mut img), &expected, "vhdref after writing the tail");
+    assert_same_bytes(
+        &read_all(&mut img),
+        &expected,
+        "vhdref after writing the tail",
+    );
     drop(img);
     let raw = expected;
     if peer_available(Peer::PyvhdiVenv) {

@@ -601,7 +601,11 @@ fn below_a_switch_of_the_algorithm_the_chs_rule_keeps_the_geometry_it_found() {
     let (size, geometry) = chs_rounded(35_617_280).expect("small");
     assert_eq!(size, 35_642_880);
     assert_eq!(
-        (geometry.cylinders, geometry.heads, geometry.sectors_per_track),
+        (
+            geometry.cylinders,
+            geometry.heads,
+            geometry.sectors_per_track
+        ),
         (819, 5, 17)
     );
     assert!(Geometry::for_size(size).capacity() < size);

@@ -20,6 +20,16 @@ fn reopen(mem: &MemStorage) -> vhdref::Result<Image> {
     OpenOptions::new().open_storage(Box::new(mem.clone()), "d.vhd")
 }
 
+/// Recomputes the checksum of the dynamic header at 512 after an edit.
+fn fix_header_checksum(bytes: &mut [u8]) {
+    let header = &mut bytes[512..512 + 1024];
+    header[36..40].fill(0);
+    let sum = !header
+        .iter()
+        .fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+    header[36..40].copy_from_slice(&sum.to_be_bytes());
+}
+
 fn rules_of(img: &Image) -> Vec<&'static str> {
     img.findings().iter().map(|f| f.rule.id()).collect()
 }
@@ -34,12 +44,7 @@ fn an_allocated_bat_entry_past_the_end_of_the_disk_is_a_warning() {
     let mut bytes = mem.to_vec();
     let header = 512;
     bytes[header + 28..header + 32].copy_from_slice(&8u32.to_be_bytes());
-    let sum = !bytes[header..header + 1024]
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(36..40).contains(i))
-        .fold(0u32, |a, (_, b)| a.wrapping_add(u32::from(*b)));
-    bytes[header + 36..header + 40].copy_from_slice(&sum.to_be_bytes());
+    fix_header_checksum(&mut bytes);
     let footer: Vec<u8> = bytes[bytes.len() - 512..].to_vec();
     let block_at = (bytes.len() - 512) as u32 / 512;
     bytes.truncate(bytes.len() - 512);
@@ -73,7 +78,11 @@ fn child_over(parent_stamp: Timestamp, recorded: Timestamp) -> Image {
         .unwrap();
     let child_mem = MemStorage::new();
     CreateOptions::new(DiskType::Differencing, 0)
-        .create_in(Box::new(child_mem.clone()), "c.vhd", Some((parent, "p.vhd")))
+        .create_in(
+            Box::new(child_mem.clone()),
+            "c.vhd",
+            Some((parent, "p.vhd")),
+        )
         .unwrap()
         .close()
         .unwrap();
@@ -81,12 +90,7 @@ fn child_over(parent_stamp: Timestamp, recorded: Timestamp) -> Image {
     let mut bytes = child_mem.to_vec();
     let header = 512;
     bytes[header + 56..header + 60].copy_from_slice(&recorded.0.to_be_bytes());
-    let sum = !bytes[header..header + 1024]
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(36..40).contains(i))
-        .fold(0u32, |a, (_, b)| a.wrapping_add(u32::from(*b)));
-    bytes[header + 36..header + 40].copy_from_slice(&sum.to_be_bytes());
+    fix_header_checksum(&mut bytes);
     let parent = OpenOptions::new()
         .open_storage(Box::new(parent_mem), "p.vhd")
         .unwrap();
@@ -112,15 +116,26 @@ fn a_parent_time_stamp_equal_to_the_parent_footer_is_clean() {
 fn reads_and_writes_past_the_end_of_the_disk_are_refused() {
     let (_, mut img) = dynamic_in_memory(MIB);
     let mut buf = [0u8; 2];
-    assert_eq!(img.read_at(MIB - 1, &mut buf).unwrap_err().kind(), ErrorKind::OutOfRange);
-    assert_eq!(img.write_at(MIB, &[1]).unwrap_err().kind(), ErrorKind::OutOfRange);
-    assert_eq!(img.read_at(u64::MAX, &mut buf).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        img.read_at(MIB - 1, &mut buf).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        img.write_at(MIB, &[1]).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        img.read_at(u64::MAX, &mut buf).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     img.read_at(MIB - 2, &mut buf).unwrap();
 }
 
 #[test]
 fn sizes_over_the_limits_are_refused_naming_the_limit() {
-    let over = CreateOptions::new(DiskType::Dynamic, 2041 << 30).effective_size().unwrap_err();
+    let over = CreateOptions::new(DiskType::Dynamic, 2041 << 30)
+        .effective_size()
+        .unwrap_err();
     assert!(over.to_string().contains("2040 GiB"), "{over}");
     let chs = CreateOptions::new(DiskType::Fixed, 200 << 30)
         .size_rule(SizeRule::Chs)
@@ -128,7 +143,9 @@ fn sizes_over_the_limits_are_refused_naming_the_limit() {
         .unwrap_err();
     assert!(chs.to_string().contains("65535 x 16 x 255"), "{chs}");
     assert_eq!(
-        CreateOptions::new(DiskType::Dynamic, 2040 << 30).effective_size().unwrap(),
+        CreateOptions::new(DiskType::Dynamic, 2040 << 30)
+            .effective_size()
+            .unwrap(),
         2040 << 30
     );
 }
@@ -136,9 +153,13 @@ fn sizes_over_the_limits_are_refused_naming_the_limit() {
 #[test]
 fn unusable_create_arguments_are_refused() {
     let mem = || Box::new(MemStorage::new());
-    let odd = CreateOptions::new(DiskType::Dynamic, 1000).create_in(mem(), "x", None).unwrap_err();
+    let odd = CreateOptions::new(DiskType::Dynamic, 1000)
+        .create_in(mem(), "x", None)
+        .unwrap_err();
     assert_eq!(odd.kind(), ErrorKind::InvalidArgument);
-    let zero = CreateOptions::new(DiskType::Fixed, 0).create_in(mem(), "x", None).unwrap_err();
+    let zero = CreateOptions::new(DiskType::Fixed, 0)
+        .create_in(mem(), "x", None)
+        .unwrap_err();
     assert_eq!(zero.kind(), ErrorKind::InvalidArgument);
     for bs in [256 * 1024, 3 * 1024 * 1024, 512 * 1024 * 1024] {
         let e = CreateOptions::new(DiskType::Dynamic, MIB)

@@ -71,6 +71,19 @@ pub struct ParentArgs {
 }
 
 impl ParentArgs {
+    /// Opens `path` (for writing if `write`) with these parent settings,
+    /// turning an error into a failure that names the file.
+    pub fn open(
+        &self,
+        path: &std::path::Path,
+        write: bool,
+    ) -> Result<crate::Image, super::output::Failure> {
+        self.open_options()
+            .write(write)
+            .open(path)
+            .map_err(|e| super::output::Failure::image(path, &e))
+    }
+
     /// Open options with the parent settings applied.
     pub fn open_options(&self) -> OpenOptions {
         let mut options = OpenOptions::new().ignore_parent_id(self.ignore_parent_id);

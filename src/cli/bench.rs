@@ -52,12 +52,7 @@ pub struct BenchArgs {
 /// Runs `vhd bench`.
 pub fn run(args: &BenchArgs) -> CmdResult {
     let path = &args.image;
-    let mut img = args
-        .parent
-        .open_options()
-        .write(args.write)
-        .open(path)
-        .map_err(|e| Failure::image(path, &e))?;
+    let mut img = args.parent.open(path, args.write)?;
     let size = img.size();
     let len = args.size;
     if len == 0 || len > size || len > 64 << 20 {

@@ -34,11 +34,7 @@ pub fn run(args: &CommitArgs) -> CmdResult {
     // Find the parent first, to name it (the child is closed again before
     // the commit opens the parent for writing).
     let parent_name = {
-        let child = args
-            .parent
-            .open_options()
-            .open(path)
-            .map_err(|e| Failure::image(path, &e))?;
+        let child = args.parent.open(path, false)?;
         child.parent().map(|p| p.name().to_string())
     };
     let Some(parent_name) = parent_name else {

@@ -29,11 +29,7 @@ pub struct MapArgs {
 /// Runs `vhd map`.
 pub fn run(args: &MapArgs) -> CmdResult {
     let path = &args.image;
-    let mut img = args
-        .parent
-        .open_options()
-        .open(path)
-        .map_err(|e| Failure::image(path, &e))?;
+    let mut img = args.parent.open(path, false)?;
     let extents = img.map().map_err(|e| Failure::image(path, &e))?;
     let names: Vec<String> = img.chain().iter().map(|i| i.name().to_string()).collect();
     let name_of = |depth: Option<usize>| depth.and_then(|d| names.get(d)).cloned();

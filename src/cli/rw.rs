@@ -55,11 +55,7 @@ pub struct WriteArgs {
 /// Runs `vhd read`.
 pub fn read(args: &ReadArgs) -> CmdResult {
     let path = &args.image;
-    let mut img = args
-        .parent
-        .open_options()
-        .open(path)
-        .map_err(|e| Failure::image(path, &e))?;
+    let mut img = args.parent.open(path, false)?;
     let size = img.size();
     if args.offset > size {
         return Err(Failure::new(
@@ -130,12 +126,7 @@ fn stdin_remaining() -> Option<u64> {
 /// Runs `vhd write`.
 pub fn write(args: &WriteArgs) -> CmdResult {
     let path = &args.image;
-    let mut img = args
-        .parent
-        .open_options()
-        .write(true)
-        .open(path)
-        .map_err(|e| Failure::image(path, &e))?;
+    let mut img = args.parent.open(path, true)?;
     let size = img.size();
     let past_end = |offset: u64, len: u64| {
         Failure::new(
