@@ -707,3 +707,60 @@ fn every_command_explains_itself_with_an_example() {
     let out = vhd_ok(d.path(), &["--version"]);
     assert!(stdout(&out).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn bench_writes_the_pattern_at_each_step_and_reads_back() {
+    let dir = tmp();
+    let d = dir.path();
+    vhd_ok(d, &["create", "b.vhd", "8M", "--block-size", "512K"]);
+    let out = vhd_ok(
+        d,
+        &[
+            "bench",
+            "b.vhd",
+            "-w",
+            "-c",
+            "20",
+            "-s",
+            "4K",
+            "-S",
+            "1M",
+            "--pattern",
+            "171",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("Run completed in"),
+        "{}",
+        stdout(&out)
+    );
+    // 20 requests, one every 1 MiB, wrap after 8: offsets 0..7 MiB written.
+    for mib in 0..8u64 {
+        let offset = (mib * MIB).to_string();
+        let got = vhd_ok(
+            d,
+            &["read", "b.vhd", "--offset", &offset, "--length", "4097"],
+        )
+        .stdout;
+        assert_eq!(&got[..4096], &[0xAB; 4096][..], "at {mib} MiB");
+        assert_eq!(got[4096], 0, "past the request at {mib} MiB");
+    }
+    // Every other 512K block holds one request; the rest stay unallocated.
+    let info = info_json(d, "b.vhd");
+    assert_eq!(info["sparse"]["allocated_blocks"], 8);
+    vhd_ok(d, &["bench", "b.vhd", "-c", "100", "-s", "64K"]);
+}
+
+#[test]
+fn bench_refuses_a_request_larger_than_the_disk() {
+    let dir = tmp();
+    let d = dir.path();
+    vhd_ok(d, &["create", "b.vhd", "1M"]);
+    let out = vhd(d, &["bench", "b.vhd", "-s", "2M"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stderr(&out).starts_with("vhd: b.vhd: request size"),
+        "{}",
+        stderr(&out)
+    );
+}
