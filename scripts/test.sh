@@ -8,3 +8,7 @@ export CARGO_TERM_COLOR=never
 export VHDREF_VENV="${VHDREF_VENV:-/opt/vhdref-venv}"
 cargo test --all-targets
 cargo test --doc
+# The fuzz targets live in their own workspace (fuzz/); make sure they
+# still compile against the library (running them needs nightly and
+# cargo-fuzz: see fuzz/README.md).
+cargo check --manifest-path fuzz/Cargo.toml --bins --examples
