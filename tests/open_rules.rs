@@ -184,3 +184,38 @@ fn the_chs_rule_rounds_up_to_what_the_geometry_describes() {
     assert_eq!(img.size(), 10_514_432);
     assert_eq!(img.footer().disk_geometry.capacity(), img.size());
 }
+
+#[test]
+fn a_child_opened_without_its_parent_refuses_what_only_the_parent_can_serve() {
+    let parent_mem = MemStorage::new();
+    CreateOptions::new(DiskType::Dynamic, MIB)
+        .create_in(Box::new(parent_mem.clone()), "p.vhd", None)
+        .unwrap()
+        .close()
+        .unwrap();
+    let parent = OpenOptions::new()
+        .open_storage(Box::new(parent_mem), "p.vhd")
+        .unwrap();
+    let child_mem = MemStorage::new();
+    let mut child = CreateOptions::new(DiskType::Differencing, 0)
+        .create_in(
+            Box::new(child_mem.clone()),
+            "c.vhd",
+            Some((parent, "p.vhd")),
+        )
+        .unwrap();
+    child.write_at(0, &[7; 512]).unwrap();
+    child.close().unwrap();
+    let mut child = OpenOptions::new()
+        .skip_parent(true)
+        .open_storage(Box::new(child_mem), "c.vhd")
+        .unwrap();
+    assert!(child.parent().is_none());
+    let mut sector = [0u8; 512];
+    child.read_at(0, &mut sector).unwrap();
+    assert_eq!(sector, [7; 512], "what the child holds still reads");
+    let err = child.read_at(512, &mut sector).unwrap_err();
+    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-NOT-FOUND"));
+    let err = child.map().unwrap_err();
+    assert_eq!(err.rule().map(|r| r.id()), Some("PAR-NOT-FOUND"));
+}

@@ -433,6 +433,14 @@ impl Image {
                                         push(out, e);
                                     }
                                 }
+                                None if self.footer.disk_type == DiskType::Differencing => {
+                                    return Err(Error::ParentNotFound {
+                                        tried: format!(
+                                            "{} was opened without its parent",
+                                            self.name
+                                        ),
+                                    });
+                                }
                                 None => push(
                                     out,
                                     Extent {

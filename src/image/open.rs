@@ -12,7 +12,7 @@ use crate::rules::{Finding, Rule};
 use crate::storage::{FileStorage, LockMode, OpenError, Storage};
 
 use super::parent::{self, ChainGuard, ParentSource};
-use super::sparse::Sparse;
+use super::sparse::{DEFAULT_BITMAP_CACHE_BYTES, Sparse};
 use super::{Image, Layout};
 
 /// How deep a chain may be (PAR-DEPTH).
@@ -36,6 +36,7 @@ pub struct OpenOptions {
     pub(crate) allowed_dirs: Option<Vec<PathBuf>>,
     pub(crate) parent_writable: bool,
     pub(crate) skip_parent: bool,
+    pub(crate) bitmap_cache_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -100,6 +101,16 @@ impl OpenOptions {
     #[must_use]
     pub fn skip_parent(mut self, skip: bool) -> Self {
         self.skip_parent = skip;
+        self
+    }
+
+    /// Bytes of sector bitmaps to keep in memory (default 32 MiB, at least
+    /// one bitmap is always kept). When the cache is full, dirty bitmaps and
+    /// BAT entries are written in the flush order and the cache is emptied,
+    /// so memory stays bounded on any image size.
+    #[must_use]
+    pub fn bitmap_cache_bytes(mut self, bytes: u64) -> Self {
+        self.bitmap_cache_bytes = Some(bytes);
         self
     }
 
@@ -175,6 +186,8 @@ impl OpenOptions {
                 Layout::Fixed
             }
             DiskType::Dynamic | DiskType::Differencing => Layout::Sparse(load_sparse(
+                self.bitmap_cache_bytes
+                    .unwrap_or(DEFAULT_BITMAP_CACHE_BYTES),
                 &*storage,
                 &footer,
                 located.offset,
@@ -333,6 +346,7 @@ fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<L
 /// Reads and validates the dynamic header and the BAT. Each rule is a
 /// small check below, in the order they are applied.
 fn load_sparse(
+    cache_limit: u64,
     storage: &dyn Storage,
     footer: &Footer,
     footer_offset: u64,
@@ -380,7 +394,13 @@ fn load_sparse(
         .map(|end| end.div_ceil(SECTOR_SIZE) * SECTOR_SIZE)
         .max()
         .unwrap_or(footer_offset);
-    Ok(Sparse::new(header, header_offset, bat, next_free))
+    Ok(Sparse::new(
+        header,
+        header_offset,
+        bat,
+        next_free,
+        cache_limit,
+    ))
 }
 
 /// FTR-DATA-OFFSET: the header lies after the footer copy and before the

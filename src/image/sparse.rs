@@ -26,9 +26,9 @@ use crate::format::bat::UNALLOCATED;
 use crate::format::{DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap};
 use crate::storage::Storage;
 
-/// Bitmaps kept in memory at most (bounded memory); when full, the cache is
-/// flushed and emptied.
-const BITMAP_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Bytes of bitmaps kept in memory by default (bounded memory); when the
+/// cache is full it is written out (as a flush does) and emptied.
+pub const DEFAULT_BITMAP_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug)]
 struct CachedBitmap {
@@ -59,6 +59,8 @@ pub(crate) struct Sparse {
     pub(crate) next_free: u64,
     dirty_bat: BTreeSet<usize>,
     bitmaps: HashMap<usize, CachedBitmap>,
+    /// Most bytes of bitmaps to keep in memory (at least one bitmap).
+    cache_limit: u64,
 }
 
 impl Sparse {
@@ -67,6 +69,7 @@ impl Sparse {
         header_offset: u64,
         bat: Vec<u32>,
         next_free: u64,
+        cache_limit: u64,
     ) -> Self {
         let block_size = u64::from(header.block_size);
         let bitmap_size = header.bitmap_size();
@@ -79,6 +82,7 @@ impl Sparse {
             next_free,
             dirty_bat: BTreeSet::new(),
             bitmaps: HashMap::new(),
+            cache_limit,
         }
     }
 
@@ -98,10 +102,7 @@ impl Sparse {
 
     fn bitmap(&mut self, storage: &mut dyn Storage, block: usize) -> Result<&mut CachedBitmap> {
         if !self.bitmaps.contains_key(&block) {
-            if (self.bitmaps.len() as u64 + 1) * self.bitmap_size > BITMAP_CACHE_BYTES {
-                self.write_metadata(storage)?;
-                self.bitmaps.clear();
-            }
+            self.make_room(storage)?;
             let entry = self.entry(block);
             let mut bits = vec![0u8; usize::try_from(self.bitmap_size).unwrap_or(0)];
             storage
@@ -113,6 +114,18 @@ impl Sparse {
         self.bitmaps
             .get_mut(&block)
             .ok_or_else(|| Error::InvalidArgument("bitmap cache lost an entry".into()))
+    }
+
+    /// Empties the bitmap cache if one more bitmap would overflow it,
+    /// writing dirty bitmaps and BAT entries first (in the flush order).
+    fn make_room(&mut self, storage: &mut dyn Storage) -> Result<()> {
+        if !self.bitmaps.is_empty()
+            && (self.bitmaps.len() as u64 + 1) * self.bitmap_size > self.cache_limit
+        {
+            self.write_metadata(storage)?;
+            self.bitmaps.clear();
+        }
+        Ok(())
     }
 
     /// Splits `offset..offset+len` (inside one block) into runs that come
@@ -196,6 +209,7 @@ impl Sparse {
                 reason: "a block would start past 2 TiB, which a 32-bit BAT entry cannot address"
                     .into(),
             })?;
+        self.make_room(storage)?;
         storage
             .write_all_at(footer, end)
             .map_err(|e| Error::io("writing the footer after a new block", e))?;
