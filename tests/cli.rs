@@ -764,3 +764,27 @@ fn bench_refuses_a_request_larger_than_the_disk() {
         stderr(&out)
     );
 }
+
+#[test]
+fn convert_with_force_replaces_the_old_output_and_leaves_no_temporary_file() {
+    let dir = tmp();
+    let d = dir.path();
+    let (_, data) = raw_disk(d, "in.raw");
+    std::fs::write(d.join("out.raw"), b"old contents").unwrap();
+    let out = vhd(d, &["convert", "in.raw", "out.raw", "--to", "raw"]);
+    assert_eq!(code(&out), Some(1), "an existing output needs --force");
+    assert_eq!(std::fs::read(d.join("out.raw")).unwrap(), b"old contents");
+    vhd_ok(
+        d,
+        &["convert", "in.raw", "out.raw", "--to", "raw", "--force"],
+    );
+    assert_eq!(std::fs::read(d.join("out.raw")).unwrap(), data);
+    let names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("vhd-convert")),
+        "temporary files left: {names:?}"
+    );
+}

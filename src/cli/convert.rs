@@ -7,6 +7,11 @@
 //! all zeros are written. So unallocated input stays unallocated in a
 //! dynamic output, and raw and fixed outputs (made with `set_len`, sparse
 //! files where the system allows) get holes where the disk reads zeros.
+//!
+//! The output is written under a temporary name beside OUT and renamed to
+//! OUT only when complete and synced: an interrupted or failed convert
+//! leaves no half-written OUT, and with --force the old OUT survives a
+//! failure.
 
 use std::path::{Path, PathBuf};
 
@@ -113,23 +118,30 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
     if size == 0 {
         return Err(Failure::new(input, "is empty; there is no disk to convert"));
     }
-    make_room(output, input, &disk, args.force)?;
+    check_output(output, input, &disk, args.force)?;
     let out_size = match args.to {
         Target::Raw => size,
         Target::Fixed | Target::Dynamic => size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE,
     };
-    let mut sink = create_sink(output, args, out_size)?;
-    match copy(&mut disk, input, &mut sink, output, size, out_size) {
-        Ok(written) => {
-            let blocks = match &sink {
-                Sink::Vhd(img) => img.block_counts(),
-                Sink::Raw(_) => None,
-            };
-            let out_kind = match &sink {
-                Sink::Raw(_) => "raw file".to_string(),
-                Sink::Vhd(img) => format!("{} VHD", img.disk_type().name()),
-            };
-            sink.finish(output)?;
+    let temp = temp_path(output);
+    let mut sink = create_sink(&temp, output, args, out_size)?;
+    let result = copy(&mut disk, input, &mut sink, output, size, out_size);
+    let result = result.and_then(|written| {
+        let blocks = match &sink {
+            Sink::Vhd(img) => img.block_counts(),
+            Sink::Raw(_) => None,
+        };
+        let out_kind = match &sink {
+            Sink::Raw(_) => "raw file".to_string(),
+            Sink::Vhd(img) => format!("{} VHD", img.disk_type().name()),
+        };
+        sink.finish(output)?;
+        std::fs::rename(&temp, output)
+            .map_err(|e| Failure::io(output, "renaming the finished output into place", &e))?;
+        Ok((written, blocks, out_kind))
+    });
+    match result {
+        Ok((written, blocks, out_kind)) => {
             if out_size != size {
                 warn(
                     input,
@@ -150,18 +162,26 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
             Ok(0)
         }
         Err(failure) => {
-            drop(sink);
-            // The output is ours (created above) and incomplete.
-            let _ = std::fs::remove_file(output);
+            // The temporary file is ours (created above) and incomplete.
+            let _ = std::fs::remove_file(&temp);
             Err(failure)
         }
     }
 }
 
+/// The temporary name the output is written under: hidden, beside OUT (so
+/// the final rename stays on one file system), unique to this process.
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    output.with_file_name(format!(".{name}.vhd-convert-{}.tmp", std::process::id()))
+}
+
 /// Refuses an existing output unless forced; with force, refuses the
-/// input itself, a file in its chain, a directory, or a file in use, and
-/// removes the old file.
-fn make_room(output: &Path, input: &Path, disk: &Disk, force: bool) -> Result<(), Failure> {
+/// input itself, a file in its chain, a directory, or a file in use. The
+/// old file stays until the new one replaces it.
+fn check_output(output: &Path, input: &Path, disk: &Disk, force: bool) -> Result<(), Failure> {
     let Ok(meta) = output.symlink_metadata() else {
         return Ok(());
     };
@@ -195,25 +215,26 @@ fn make_room(output: &Path, input: &Path, disk: &Disk, force: bool) -> Result<()
         }
         Ok(_) | Err(OpenError::Io(_)) => {}
     }
-    std::fs::remove_file(output).map_err(|e| Failure::io(output, "cannot remove the old file", &e))
+    Ok(())
 }
 
-fn create_sink(output: &Path, args: &ConvertArgs, size: u64) -> Result<Sink, Failure> {
+/// Creates the output at `path`; messages name `output`.
+fn create_sink(path: &Path, output: &Path, args: &ConvertArgs, size: u64) -> Result<Sink, Failure> {
     let image = |options: CreateOptions| {
         options
-            .create(output)
+            .create(path)
             .map(|img| Sink::Vhd(Box::new(img)))
             .map_err(|e| Failure::image(output, &e))
     };
     match args.to {
         Target::Raw => {
-            let mut s = FileStorage::create_new(output).map_err(|e| match e {
+            let mut s = FileStorage::create_new(path).map_err(|e| match e {
                 OpenError::Io(e) => Failure::io(output, "cannot create", &e),
                 OpenError::Locked(_) => Failure::new(output, "in use"),
             })?;
             if let Err(e) = s.set_len(size) {
                 drop(s);
-                let _ = std::fs::remove_file(output);
+                let _ = std::fs::remove_file(path);
                 return Err(Failure::io(output, "setting the file length", &e));
             }
             Ok(Sink::Raw(s))
