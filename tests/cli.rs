@@ -788,3 +788,39 @@ fn convert_with_force_replaces_the_old_output_and_leaves_no_temporary_file() {
         "temporary files left: {names:?}"
     );
 }
+
+#[test]
+fn a_parent_outside_the_allowed_directory_is_not_followed_and_the_error_says_so() {
+    let dir = tmp();
+    let d = dir.path();
+    std::fs::create_dir(d.join("base")).unwrap();
+    std::fs::create_dir(d.join("work")).unwrap();
+    vhd_ok(d, &["create", "base/p.vhd", "1M"]);
+    vhd_ok(d, &["create", "work/c.vhd", "--parent", "base/p.vhd"]);
+    let out = vhd(
+        d,
+        &[
+            "read",
+            "work/c.vhd",
+            "--length",
+            "512",
+            "--allow-parent-dir",
+            "work",
+        ],
+    );
+    assert_eq!(code(&out), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("outside the allowed directories"), "{err}");
+    assert!(err.contains("PAR-NOT-FOUND"), "{err}");
+    vhd_ok(
+        d,
+        &[
+            "read",
+            "work/c.vhd",
+            "--length",
+            "512",
+            "--allow-parent-dir",
+            "base",
+        ],
+    );
+}

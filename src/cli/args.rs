@@ -68,6 +68,11 @@ pub struct ParentArgs {
     /// records (PAR-UNIQUE-ID becomes a warning).
     #[arg(long)]
     pub ignore_parent_id: bool,
+    /// Follow parent locators only to files inside this directory (may be
+    /// given more than once). Without it, locators may name any file this
+    /// user can open; which locator was followed is always shown by `info`.
+    #[arg(long, value_name = "DIR")]
+    pub allow_parent_dir: Vec<PathBuf>,
 }
 
 impl ParentArgs {
@@ -87,6 +92,9 @@ impl ParentArgs {
     /// Open options with the parent settings applied.
     pub fn open_options(&self) -> OpenOptions {
         let mut options = OpenOptions::new().ignore_parent_id(self.ignore_parent_id);
+        if !self.allow_parent_dir.is_empty() {
+            options = options.allow_parent_dirs(self.allow_parent_dir.clone());
+        }
         if let Some(p) = &self.parent {
             options = options.parent(p.clone());
         }
