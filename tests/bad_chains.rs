@@ -466,3 +466,17 @@ fn allowed_directories_bind_every_level_of_the_chain() {
     assert_eq!(rule, Some("PAR-NOT-FOUND"), "{text}");
     assert!(text.contains("outside the allowed directories"), "{text}");
 }
+
+#[test]
+fn a_locator_whose_data_lies_in_the_bat_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = fixed_parent(&dir.path().join("parent.vhd"), SIZE, 5);
+    // The builder puts the BAT at 1536; point the locator's data there.
+    let c = child(parent.id(), parent.stamp())
+        .locator(Platform::W2ru, ".\\parent.vhd", DataSpace::Bytes)
+        .locator_fields(Some(1536 + 8), None);
+    let path = write(&dir.path().join("child.vhd"), &c);
+    let (rule, text) = rule_of(Image::open(&path));
+    assert_eq!(rule, Some("HDR-TABLE-OFFSET"), "{text}");
+    assert!(text.contains("parent locator 0"), "{text}");
+}

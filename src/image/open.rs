@@ -380,6 +380,9 @@ fn load_sparse(
         ));
     }
     let regions = metadata_regions(&header, header_offset, footer.disk_type, footer_offset);
+    if footer.disk_type == DiskType::Differencing {
+        check_table_clear_of_locators(&header)?;
+    }
     let blocks_end = check_blocks(
         &bat,
         header.bitmap_size() + u64::from(header.block_size),
@@ -470,6 +473,26 @@ fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64)
             offset: table_offset,
             reason: format!("overlaps the dynamic header at {header_offset:#x}"),
         });
+    }
+    Ok(())
+}
+
+/// HDR-TABLE-OFFSET: the BAT shares no byte with the data of a parent
+/// locator (judged by the data length alone, so a doubtful data space
+/// never makes a false overlap).
+fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
+    let table = header.table_offset..header.table_offset + u64::from(header.max_table_entries) * 4;
+    for (i, loc) in header.parent_locators.iter().enumerate() {
+        let start = loc.platform_data_offset;
+        let Some(end) = start.checked_add(u64::from(loc.platform_data_length)) else {
+            continue;
+        };
+        if loc.is_used() && start < table.end && table.start < end {
+            return Err(Error::TableOffset {
+                offset: header.table_offset,
+                reason: format!("overlaps the data of parent locator {i} at {start:#x}"),
+            });
+        }
     }
     Ok(())
 }
