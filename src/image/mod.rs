@@ -1,6 +1,6 @@
 //! The driver: open, create, read, write, flush and close fixed, dynamic
 //! and differencing images. It decides what bytes go where; a
-//! [`Storage`](crate::storage::Storage) moves them.
+//! [`Storage`] moves them.
 
 mod commit;
 mod create;
