@@ -273,6 +273,18 @@ fn apply(img: &mut Image, disk: &mut Disk, step: &Step) {
 /// Makes the image, writes `prepare` and flushes (the old state), then
 /// records `sequence` (which is made to end with a flush).
 fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
+    record_with_cache(setup, prepare, sequence, None)
+}
+
+/// [`record`], with the image reopened before `sequence` with a bitmap
+/// cache of `cache` bytes (so the sequence evicts, writing metadata in the
+/// middle of it).
+fn record_with_cache(
+    setup: &Setup,
+    prepare: &[Step],
+    sequence: &[Step],
+    cache: Option<u64>,
+) -> Recorded {
     let storage = RecordingStorage::default();
     let (mut img, mut disk, parent) = match setup {
         Setup::Dynamic { size, block_size } => {
@@ -314,6 +326,16 @@ fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
         apply(&mut img, &mut disk, step);
     }
     img.flush().expect("flush");
+    if let Some(bytes) = cache {
+        drop(img);
+        let mut options = OpenOptions::new().write(true).bitmap_cache_bytes(bytes);
+        if let Some(p) = &parent {
+            options = options.parent_image(open_parent(p));
+        }
+        img = options
+            .open_storage(Box::new(storage.clone()), "crash.vhd")
+            .expect("reopen with a small cache");
+    }
     let parent_before = parent.as_ref().map(MemStorage::to_vec);
     let start = storage.ops();
     let before = storage.bytes();
@@ -592,6 +614,41 @@ fn dynamic_image_survives_a_crash_at_every_point_of_a_write_sequence() {
         cuts.from_copy > 0,
         "no state lost its trailing footer: {cuts:?}"
     );
+}
+
+#[test]
+fn metadata_written_when_a_one_bitmap_cache_evicts_keeps_the_write_order() {
+    let size = 2 * MIB + 3 * KIB + SECTOR;
+    let (prepare, sequence) = mixed_sequence(size);
+    for setup in [
+        Setup::Dynamic {
+            size,
+            block_size: BLOCK,
+        },
+        Setup::Child {
+            size,
+            block_size: BLOCK,
+            parent_writes: vec![write(0, 64 * KIB, 0x61), write(size - 700, 700, 0x62)],
+        },
+    ] {
+        let syncs = |rec: &Recorded| {
+            rec.log
+                .iter()
+                .filter(|m| matches!(m, Mutation::Sync))
+                .count()
+        };
+        let plain = record(&setup, &prepare, &sequence);
+        let rec = record_with_cache(&setup, &prepare, &sequence, Some(1));
+        // Evictions write metadata (with its syncs) between the flushes.
+        assert!(
+            syncs(&rec) > syncs(&plain),
+            "the cache never evicted ({} syncs, {} without a small cache)",
+            syncs(&rec),
+            syncs(&plain)
+        );
+        let cuts = rec.judge_every_cut();
+        assert!(cuts.states > 50, "only {cuts:?} crash states");
+    }
 }
 
 #[test]
