@@ -824,3 +824,31 @@ fn a_parent_outside_the_allowed_directory_is_not_followed_and_the_error_says_so(
         ],
     );
 }
+
+#[test]
+fn a_terabyte_disk_with_two_writes_converts_to_a_sparse_raw_and_compares_equal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp();
+    let d = dir.path();
+    vhd_ok(d, &["create", "big.vhd", "1T"]);
+    vhd_with_stdin(d, &["write", "big.vhd", "--offset", "3G"], b"first");
+    vhd_with_stdin(d, &["write", "big.vhd", "--offset", "1023G"], b"last");
+    vhd_ok(d, &["convert", "big.vhd", "big.raw", "--to", "raw"]);
+    let meta = std::fs::metadata(d.join("big.raw")).unwrap();
+    assert_eq!(meta.len(), 1 << 40);
+    assert!(
+        meta.blocks() * 512 < 4 * MIB,
+        "the raw output is sparse: {} blocks",
+        meta.blocks()
+    );
+    let out = vhd_ok(d, &["compare", "big.vhd", "big.raw"]);
+    assert!(stdout(&out).contains("identical"), "{}", stdout(&out));
+    vhd_with_stdin(d, &["write", "big.vhd", "--offset", "700G"], b"x");
+    let out = vhd(d, &["compare", "big.vhd", "big.raw"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(
+        stdout(&out).contains(&(700u64 << 30).to_string()),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::OpenOptions;
 
 use super::CmdResult;
-use super::input::{Disk, Format};
+use super::input::{Disk, Format, next_data};
 use super::output::{human_size, print};
 
 /// Bytes compared per step.
@@ -67,6 +67,17 @@ fn compare(args: &CompareArgs) -> CmdResult {
     let mut buf_b = buf_a.clone();
     let mut offset = 0u64;
     while offset < size {
+        // Jump over stretches where neither disk holds data.
+        let next = match (next_data(&ranges_a, offset), next_data(&ranges_b, offset)) {
+            (Some(x), Some(y)) => x.min(y),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => size,
+        };
+        let next = next - next % CHUNK;
+        if next > offset {
+            offset = next.min(size);
+            continue;
+        }
         let n = CHUNK.min(size - offset) as usize;
         let (da, db) = (&mut buf_a[..n], &mut buf_b[..n]);
         let any_a = a.read_sparse(pa, &ranges_a, offset, da)?;

@@ -23,7 +23,7 @@ use crate::{CreateOptions, DiskType, Image};
 
 use super::CmdResult;
 use super::args::{ParentArgs, parse_block_size};
-use super::input::{Disk, Format, is_zero};
+use super::input::{Disk, Format, is_zero, next_data};
 use super::output::{Failure, Table, human_size, print, progress, warn};
 
 /// Bytes read per step (at least; a larger output block is one step).
@@ -271,6 +271,14 @@ fn copy(
     let mut written = 0u64;
     let mut offset = 0u64;
     while offset < out_size {
+        // Jump over stretches with no data, staying chunk-aligned.
+        let next = next_data(&ranges, offset).map_or(out_size, |d| d - d % chunk);
+        if next > offset {
+            let skip = next.min(out_size) - offset;
+            bar.inc(skip);
+            offset += skip;
+            continue;
+        }
         let n = chunk.min(out_size - offset) as usize;
         let readable = (size.saturating_sub(offset)).min(n as u64) as usize;
         let data = &mut buf[..n];

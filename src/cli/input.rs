@@ -162,6 +162,14 @@ impl Disk {
     }
 }
 
+/// Where the first of `ranges` (sorted, from [`Disk::data_ranges`]) that
+/// ends after `offset` begins, at `offset` or later; `None` when only
+/// zeros follow. Lets a copy jump over empty stretches of a huge disk.
+pub fn next_data(ranges: &[(u64, u64)], offset: u64) -> Option<u64> {
+    let i = ranges.partition_point(|&(o, l)| o + l <= offset);
+    ranges.get(i).map(|&(o, _)| o.max(offset))
+}
+
 fn zero(buf: &mut [u8], from: u64, to: u64) {
     if let Some(s) = buf.get_mut(from as usize..to as usize) {
         s.fill(0);
