@@ -852,3 +852,34 @@ fn a_terabyte_disk_with_two_writes_converts_to_a_sparse_raw_and_compares_equal()
         stdout(&out)
     );
 }
+
+#[test]
+fn map_of_a_sparse_fixed_image_shows_its_holes_as_zeros() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp();
+    let d = dir.path();
+    vhd_ok(d, &["create", "f.vhd", "64M", "--type", "fixed"]);
+    vhd_with_stdin(d, &["write", "f.vhd", "--offset", "32M"], &[0xEE; 4096]);
+    let meta = std::fs::metadata(d.join("f.vhd")).unwrap();
+    if meta.blocks() * 512 >= 64 * MIB {
+        eprintln!("SKIP: this file system did not keep f.vhd sparse; no holes to map");
+        return;
+    }
+    let out = vhd_ok(d, &["map", "f.vhd", "--output", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let extents = json["extents"].as_array().expect("extents");
+    let data: Vec<(u64, u64)> = extents
+        .iter()
+        .filter(|e| e["data"] == true)
+        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    // The data extent covers the write (the file system may round it to
+    // its own block size), and nothing near the start.
+    assert_eq!(data.len(), 1, "{extents:?}");
+    let (o, l) = data[0];
+    assert!(
+        o <= 32 * MIB && o + l >= 32 * MIB + 4096 && l <= MIB,
+        "{extents:?}"
+    );
+    assert_eq!(extents[0]["data"], false, "{extents:?}");
+}

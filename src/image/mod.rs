@@ -51,6 +51,9 @@ pub struct Image {
     parent_source: Option<ParentSource>,
     writable: bool,
     findings: Vec<Finding>,
+    /// The file's data ranges of a fixed image (its hole map), kept from
+    /// one `map` to the next and dropped on a write.
+    hole_map: Option<Vec<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -268,6 +271,7 @@ impl Image {
         }
         self.check_range(offset, data.len() as u64)?;
         if matches!(self.layout, Layout::Fixed) {
+            self.hole_map = None;
             return self
                 .storage
                 .write_all_at(data, offset)
@@ -395,16 +399,56 @@ impl Image {
             // An empty range (a disk of size 0) has no extent, as in a sparse image.
             Layout::Fixed if len == 0 => Ok(()),
             Layout::Fixed => {
-                push(
-                    out,
-                    Extent {
-                        offset,
-                        length: len,
-                        data: true,
-                        depth: Some(depth),
-                        file_offset: Some(offset),
-                    },
-                );
+                // Holes of the file read as zeros: map them as such, so a
+                // sparse fixed image converts without reading them.
+                let storage = &self.storage;
+                let ranges = self.hole_map.get_or_insert_with(|| {
+                    storage.data_ranges().unwrap_or_else(|| vec![(0, u64::MAX)])
+                });
+                let end = offset + len;
+                let mut pos = offset;
+                let first = ranges.partition_point(|&(o, l)| o + l <= offset);
+                for &(o, l) in ranges.get(first..).unwrap_or_default() {
+                    if o >= end {
+                        break;
+                    }
+                    let (start, stop) = (o.max(offset), (o + l).min(end));
+                    if start > pos {
+                        push(
+                            out,
+                            Extent {
+                                offset: pos,
+                                length: start - pos,
+                                data: false,
+                                depth: None,
+                                file_offset: None,
+                            },
+                        );
+                    }
+                    push(
+                        out,
+                        Extent {
+                            offset: start,
+                            length: stop - start,
+                            data: true,
+                            depth: Some(depth),
+                            file_offset: Some(start),
+                        },
+                    );
+                    pos = stop;
+                }
+                if end > pos {
+                    push(
+                        out,
+                        Extent {
+                            offset: pos,
+                            length: end - pos,
+                            data: false,
+                            depth: None,
+                            file_offset: None,
+                        },
+                    );
+                }
                 Ok(())
             }
             Layout::Sparse(sparse) => {

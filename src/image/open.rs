@@ -206,6 +206,7 @@ impl OpenOptions {
             parent_source: None,
             writable: self.write,
             findings,
+            hole_map: None,
         };
         if image.footer.disk_type == DiskType::Differencing
             && !(self.skip_parent && self.parent_image.is_none())

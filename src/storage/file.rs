@@ -84,13 +84,6 @@ impl FileStorage {
         Err(OpenError::Locked(mode))
     }
 
-    /// The byte ranges `(offset, length)` of the file that may hold data,
-    /// from the file system's hole map (`SEEK_DATA`/`SEEK_HOLE`); holes
-    /// read as zeros. `None` where the system cannot say.
-    pub fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
-        data_ranges(&self.file, self.len().ok()?)
-    }
-
     /// Whether the file was opened for writing.
     pub fn is_writable(&self) -> bool {
         self.writable
@@ -122,6 +115,11 @@ impl Storage for FileStorage {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// From the file system's hole map (`SEEK_DATA`/`SEEK_HOLE`).
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        data_ranges(&self.file, self.len().ok()?)
     }
 }
 

@@ -26,6 +26,12 @@ pub trait Storage: Send {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes every completed write durable: the only barrier the driver uses.
     fn sync(&mut self) -> io::Result<()>;
+    /// The byte ranges `(offset, length)`, sorted, that may hold data;
+    /// the rest are holes that read as zeros. `None` (the default) when the
+    /// backend cannot say, which means data may be anywhere.
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
     /// Hint that `offset..offset+len` will never be read before written
     /// (used to punch holes); the default does nothing.
     fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
@@ -51,5 +57,8 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
         (**self).discard(offset, len)
+    }
+    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        (**self).data_ranges()
     }
 }
