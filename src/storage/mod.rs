@@ -32,11 +32,6 @@ pub trait Storage: Send {
     fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
         None
     }
-    /// Hint that `offset..offset+len` will never be read before written
-    /// (used to punch holes); the default does nothing.
-    fn discard(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
@@ -54,9 +49,6 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
-    }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        (**self).discard(offset, len)
     }
     fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
         (**self).data_ranges()
