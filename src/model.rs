@@ -177,9 +177,9 @@ impl Disk {
         self.layers.push(Layer::default());
     }
 
-    /// Merges the top layer into the one below (commit); the child stays,
-    /// empty of nothing: its sectors are still there but now equal the
-    /// parent's, so the disk reads the same.
+    /// Merges the top layer into the one below (commit). The top layer
+    /// keeps its sectors, which now equal the parent's, so the disk reads
+    /// the same through the child and through the parent alone.
     pub fn commit_top(&mut self) {
         let n = self.layers.len();
         if n < 2 {
