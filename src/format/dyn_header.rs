@@ -6,10 +6,10 @@ use zerocopy::byteorder::big_endian::{U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::error::{Error, Result, escape_cookie};
+use crate::format::DYN_HEADER_SIZE;
 use crate::format::checksum::checksum;
 use crate::format::locator::{LOCATOR_COUNT, LocatorEntry, RawLocatorEntry};
 use crate::format::timestamp::Timestamp;
-use crate::format::{DYN_HEADER_SIZE, SECTOR_SIZE};
 use crate::rules::{Finding, Rule};
 
 /// The dynamic header cookie.
@@ -215,9 +215,4 @@ pub fn check_block_size(size: u32) -> Result<()> {
     } else {
         Err(Error::BlockSize { size })
     }
-}
-
-/// Sectors per block for a valid block size.
-pub fn sectors_per_block(block_size: u32) -> u64 {
-    u64::from(block_size) / SECTOR_SIZE
 }

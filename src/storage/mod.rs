@@ -14,10 +14,6 @@ use std::io;
 pub trait Storage: Send {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
-    /// Whether the storage is empty.
-    fn is_empty(&self) -> io::Result<bool> {
-        Ok(self.len()? == 0)
-    }
     /// Fills `buf` from `offset`; an error if the storage ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`, growing the storage if needed.
