@@ -227,9 +227,8 @@ impl CreateOptions {
             }
             _ => (None, None),
         };
-        if info.is_none() {
-            self.effective_size()?;
-        }
+        // Every limit is checked before the file exists.
+        let dims = self.dimensions(info.as_ref())?;
         let storage = FileStorage::create_new(path).map_err(|e| file_open_error(path, e))?;
         let result = self.finish(
             Box::new(storage),
@@ -237,6 +236,7 @@ impl CreateOptions {
             Some(path.to_path_buf()),
             parent,
             info,
+            dims,
         );
         if result.is_err() {
             // Leave nothing half-made behind; the file is ours, made above.
@@ -269,7 +269,17 @@ impl CreateOptions {
             }
             _ => (None, None),
         };
-        self.finish(storage, name.into(), None, parent, info)
+        let dims = self.dimensions(info.as_ref())?;
+        self.finish(storage, name.into(), None, parent, info, dims)
+    }
+
+    /// The size and geometry to write: the parent's for a child, else the
+    /// size rule's (with every limit checked).
+    fn dimensions(&self, info: Option<&ParentInfo>) -> Result<(u64, Geometry)> {
+        match info {
+            Some(i) => Ok((i.size, i.geometry)),
+            None => self.size_and_geometry(),
+        }
     }
 
     fn finish(
@@ -279,11 +289,8 @@ impl CreateOptions {
         path: Option<PathBuf>,
         parent: Option<Image>,
         info: Option<ParentInfo>,
+        (size, geometry): (u64, Geometry),
     ) -> Result<Image> {
-        let (size, geometry) = match &info {
-            Some(i) => (i.size, i.geometry),
-            None => self.size_and_geometry()?,
-        };
         let footer = Footer {
             features: FEATURE_RESERVED,
             file_format_version: FILE_FORMAT_VERSION,
