@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use crate::format::SECTOR_SIZE;
+use crate::image::file_open_error;
 use crate::storage::{FileStorage, OpenError, Storage};
 use crate::{CreateOptions, DiskType, Image};
 
@@ -228,10 +229,8 @@ fn create_sink(path: &Path, output: &Path, args: &ConvertArgs, size: u64) -> Res
     };
     match args.to {
         Target::Raw => {
-            let mut s = FileStorage::create_new(path).map_err(|e| match e {
-                OpenError::Io(e) => Failure::io(output, "cannot create", &e),
-                OpenError::Locked(_) => Failure::new(output, "in use"),
-            })?;
+            let mut s = FileStorage::create_new(path)
+                .map_err(|e| Failure::image(output, &file_open_error(path, e)))?;
             if let Err(e) = s.set_len(size) {
                 drop(s);
                 let _ = std::fs::remove_file(path);

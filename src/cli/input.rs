@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
+use crate::image::file_open_error;
 use crate::storage::{FileStorage, Storage};
 use crate::{ErrorKind, Image, OpenOptions};
 
@@ -58,12 +59,8 @@ impl Disk {
     }
 
     fn open_raw(path: &Path) -> Result<Disk, Failure> {
-        let storage = FileStorage::open(path, false).map_err(|e| match e {
-            crate::storage::OpenError::Io(e) => Failure::io(path, "cannot open", &e),
-            crate::storage::OpenError::Locked(_) => {
-                Failure::new(path, "in use: it is open for writing elsewhere")
-            }
-        })?;
+        let storage = FileStorage::open(path, false)
+            .map_err(|e| Failure::image(path, &file_open_error(path, e)))?;
         let len = storage
             .len()
             .map_err(|e| Failure::io(path, "reading the file length", &e))?;

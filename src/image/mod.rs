@@ -13,12 +13,12 @@ pub use commit::CommitStats;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
 pub use open::OpenOptions;
+pub(crate) use open::file_open_error;
 pub use parent::{ParentSource, windows_path_to_local};
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::bat::UNALLOCATED;
 use crate::format::{DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE};
 use crate::rules::Finding;
 use crate::storage::Storage;
@@ -501,19 +501,6 @@ impl Image {
                     pos += n;
                 }
                 Ok(())
-            }
-        }
-    }
-
-    /// Whether the guest range `offset..offset+len` holds data anywhere in
-    /// the chain (false: it reads as zeros without touching any file).
-    pub fn is_allocated(&self, offset: u64) -> bool {
-        match &self.layout {
-            Layout::Fixed => true,
-            Layout::Sparse(s) => {
-                let block = usize::try_from(offset / s.block_size).unwrap_or(usize::MAX);
-                s.bat.get(block).is_some_and(|&e| e != UNALLOCATED)
-                    || self.parent.as_ref().is_some_and(|p| p.is_allocated(offset))
             }
         }
     }
