@@ -27,11 +27,14 @@ pub enum Error {
     },
     /// FTR-COOKIE.
     #[error(
-        "not a VHD: no footer cookie \"conectix\" at the end of the file or at offset 0 (found {found}) (FTR-COOKIE)"
+        "not a VHD: no footer cookie \"conectix\" in the last 512 bytes (found {found}){copy} (FTR-COOKIE)"
     )]
     FooterCookie {
         /// The eight bytes found, escaped.
         found: String,
+        /// What the copy at offset 0 is, when it was looked at (starts with
+        /// `; ` or is empty).
+        copy: String,
     },
     /// FTR-CHECKSUM.
     #[error(
@@ -150,10 +153,25 @@ pub enum Error {
         other: String,
     },
     /// PAR-NOT-FOUND.
-    #[error("parent of differencing image not found; tried: {tried} (PAR-NOT-FOUND)")]
+    #[error("parent{} not found; tried: {tried} (PAR-NOT-FOUND)", of_child(.of.as_deref()))]
     ParentNotFound {
-        /// Every place looked at, in order, with why it was not used.
+        /// The image whose parent is missing, when it is not the image
+        /// opened (a parent deeper in the chain).
+        of: Option<String>,
+        /// Every place looked at, in order, each once, with why it was not used.
         tried: String,
+    },
+    /// PAR-INVALID.
+    #[error("{}{} (PAR-INVALID)", parent_invalid_text(.parent, .of.as_deref(), .cause), tried_list(.tried))]
+    ParentInvalid {
+        /// The parent's path.
+        parent: String,
+        /// The image whose parent this is, when it is not the image opened.
+        of: Option<String>,
+        /// What is wrong with the parent.
+        cause: Box<Error>,
+        /// Every place looked at, when there was more than this one.
+        tried: Option<String>,
     },
     /// PAR-UNIQUE-ID.
     #[error(
@@ -190,6 +208,25 @@ pub enum Error {
     ParentDepth {
         /// The bound.
         limit: usize,
+    },
+    /// A path that names something other than a regular file or a block
+    /// device (a directory, a FIFO, a character device such as /dev/zero).
+    #[error("{path}: not a regular file or block device")]
+    NotAFile {
+        /// The path.
+        path: String,
+    },
+    /// A sync of the image failed earlier. After a failed sync the system
+    /// may have dropped written data without saying which, so the image
+    /// refuses every later write, flush and close until it is reopened.
+    #[error(
+        "{name} is in a failed state: an earlier sync failed ({cause}); writes since the last successful flush may be lost, so it refuses to write or flush until it is reopened"
+    )]
+    Failed {
+        /// The image.
+        name: String,
+        /// The error of the failed sync.
+        cause: String,
     },
     /// Another process holds a conflicting lock on the image.
     #[error("{path} is in use: {reason}")]
@@ -279,12 +316,15 @@ impl Error {
             Error::BatEntryBeyondEof { .. } => Rule::BatEntryBeyondEof,
             Error::BatEntryOverlap { .. } => Rule::BatEntryOverlap,
             Error::ParentNotFound { .. } => Rule::ParNotFound,
+            Error::ParentInvalid { .. } => Rule::ParInvalid,
             Error::ParentUniqueId { .. } => Rule::ParUniqueId,
             Error::ParentSize { .. } => Rule::ParSize,
             Error::ParentLoop { .. } => Rule::ParLoop,
             Error::ParentDepth { .. } => Rule::ParDepth,
             Error::Io { .. }
             | Error::Locked { .. }
+            | Error::NotAFile { .. }
+            | Error::Failed { .. }
             | Error::ReadOnly { .. }
             | Error::OutOfRange { .. }
             | Error::SizeLimit { .. }
@@ -295,9 +335,10 @@ impl Error {
     /// The broad class of the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::Failed { .. } => ErrorKind::Io,
             Error::FooterSize { .. } | Error::FooterCookie { .. } => ErrorKind::NotVhd,
             Error::ParentNotFound { .. }
+            | Error::ParentInvalid { .. }
             | Error::ParentUniqueId { .. }
             | Error::ParentSize { .. }
             | Error::ParentLoop { .. }
@@ -305,7 +346,9 @@ impl Error {
             Error::Locked { .. } => ErrorKind::Locked,
             Error::ReadOnly { .. } => ErrorKind::ReadOnly,
             Error::OutOfRange { .. } => ErrorKind::OutOfRange,
-            Error::SizeLimit { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::SizeLimit { .. } | Error::InvalidArgument(_) | Error::NotAFile { .. } => {
+                ErrorKind::InvalidArgument
+            }
             _ => ErrorKind::Corrupt,
         }
     }
@@ -314,11 +357,50 @@ impl Error {
     /// not about the image's contents.
     pub fn to_finding(&self) -> Option<Finding> {
         let rule = self.rule()?;
-        let text = self.to_string();
-        let suffix = format!(" ({})", rule.id());
-        let message = text.strip_suffix(&suffix).unwrap_or(&text);
-        Some(Finding::new(rule, message))
+        Some(Finding::new(rule, self.text_without_rule()))
     }
+
+    /// The message without its trailing ` (RULE-ID)`.
+    pub fn text_without_rule(&self) -> String {
+        let text = self.to_string();
+        match self.rule() {
+            Some(rule) => {
+                let suffix = format!(" ({})", rule.id());
+                text.strip_suffix(&suffix).unwrap_or(&text).to_string()
+            }
+            None => text,
+        }
+    }
+
+    /// The innermost cause of a parent error: for PAR-INVALID, what is
+    /// wrong with the parent itself (followed through nested parents).
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::ParentInvalid { cause, .. } => cause.root_cause(),
+            other => other,
+        }
+    }
+}
+
+/// ` of CHILD` for an error about a parent deeper in a chain.
+fn of_child(of: Option<&str>) -> String {
+    of.map_or_else(String::new, |c| format!(" of {c}"))
+}
+
+/// The text of PAR-INVALID: the parent, and the rule it breaks itself.
+fn parent_invalid_text(parent: &str, of: Option<&str>, cause: &Error) -> String {
+    let who = format!("parent {parent}{}", of_child(of));
+    match cause.rule() {
+        Some(rule) => format!("{who} breaks {rule}: {}", cause.text_without_rule()),
+        None => format!("{who} cannot be used: {cause}"),
+    }
+}
+
+/// `; tried: ...` when there is a list.
+fn tried_list(tried: &Option<String>) -> String {
+    tried
+        .as_ref()
+        .map_or_else(String::new, |t| format!("; tried: {t}"))
 }
 
 /// Shorthand for results of this crate.

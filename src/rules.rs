@@ -118,6 +118,8 @@ rules! {
     ParName => "PAR-NAME", Warning, "the parent unicode name is valid UTF-16 big-endian";
     /// A differencing image's parent can be found.
     ParNotFound => "PAR-NOT-FOUND", Error, "the parent of a differencing image can be found through the caller, its locators or its name";
+    /// The parent found is a valid image.
+    ParInvalid => "PAR-INVALID", Error, "the parent that the caller or a locator names is a valid VHD image";
     /// The parent is the image the child was made from.
     ParUniqueId => "PAR-UNIQUE-ID", Error, "the parent's unique ID equals the parent unique ID in the child's header";
     /// The parent was not changed since the child was made.

@@ -307,6 +307,7 @@ fn check_cookie(raw: &RawFooter) -> Result<()> {
     } else {
         Err(Error::FooterCookie {
             found: escape_cookie(&raw.cookie),
+            copy: String::new(),
         })
     }
 }

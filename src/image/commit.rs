@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::DiskType;
+use crate::storage::Storage;
 
 use super::sparse::Source;
 use super::{Image, Layout, OpenOptions};
@@ -73,7 +74,7 @@ impl Image {
             let start = block as u64 * block_size;
             let len = block_size.min(size - start);
             let mut any = false;
-            for (guest, run_len, source) in sparse.runs(&mut *self.storage, start, len)? {
+            for (guest, run_len, source) in sparse.runs(&mut self.storage, start, len)? {
                 let Source::File(at) = source else { continue };
                 any = true;
                 let mut done = 0;

@@ -24,7 +24,6 @@ use crate::storage::{FileStorage, Storage};
 
 use super::Image;
 use super::open::{OpenOptions, file_open_error};
-use super::parent::ChainGuard;
 
 /// The smallest block size `create` makes (512 KiB).
 pub const MIN_CREATE_BLOCK_SIZE: u32 = 512 * 1024;
@@ -216,7 +215,8 @@ impl CreateOptions {
         self.check_block_size()?;
         let (parent, info) = match (&self.parent, self.disk_type) {
             (Some(parent_path), DiskType::Differencing) => {
-                let parent = Image::open(parent_path)?;
+                let parent = Image::open(parent_path)
+                    .map_err(|e| super::resolver::given_parent_error(parent_path, e))?;
                 let info = parent_info(&parent, Some(parent_path), Some(path))?;
                 (Some(parent), Some(info))
             }
@@ -324,8 +324,7 @@ impl CreateOptions {
         if let Some(p) = parent {
             options = options.parent_image(p);
         }
-        let mut guard = ChainGuard::default();
-        options.open_inner(storage, name, path, &mut guard)
+        options.open_created(storage, name, path)
     }
 }
 

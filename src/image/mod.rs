@@ -5,16 +5,22 @@
 mod commit;
 mod create;
 mod cursor;
+mod guarded;
+mod locators;
 mod open;
 mod parent;
+mod resolver;
 mod sparse;
 
 pub use commit::CommitStats;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
+pub(crate) use guarded::Guarded;
+pub use locators::windows_path_to_local;
 pub use open::OpenOptions;
 pub(crate) use open::file_open_error;
-pub use parent::{ParentSource, windows_path_to_local};
+pub use parent::ParentSource;
+pub use resolver::ParentResolver;
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +36,7 @@ enum Layout {
     /// Guest bytes at the same offsets in the file.
     Fixed,
     /// Dynamic or differencing: header, BAT, blocks.
-    Sparse(Sparse),
+    Sparse(Box<Sparse>),
 }
 
 /// An open VHD image (with its parent chain, for a differencing image).
@@ -39,13 +45,15 @@ enum Layout {
 /// reach the file at once; metadata (BAT, bitmaps) is written by
 /// [`Image::flush`], which [`Image::close`] and dropping also do.
 pub struct Image {
-    storage: Box<dyn Storage>,
+    storage: Guarded,
     name: String,
     path: Option<PathBuf>,
     footer: Footer,
     footer_bytes: [u8; FOOTER_SIZE],
     /// Offset of the trailing footer (for fixed images, where data ends).
     footer_offset: u64,
+    /// The footer in use is the copy at offset 0 (FTR-TRAILING).
+    from_copy: bool,
     layout: Layout,
     parent: Option<Box<Image>>,
     parent_source: Option<ParentSource>,
@@ -225,7 +233,7 @@ impl Image {
                         break;
                     };
                     for (run_off, run_len, source) in
-                        sparse.runs(&mut *self.storage, guest, n as u64)?
+                        sparse.runs(&mut self.storage, guest, n as u64)?
                     {
                         let start = (run_off - guest) as usize;
                         let Some(dst) = chunk.get_mut(start..start + run_len as usize) else {
@@ -244,6 +252,7 @@ impl Image {
                                 Some(p) => p.read_inner(run_off, dst)?,
                                 None if self.footer.disk_type == DiskType::Differencing => {
                                     return Err(Error::ParentNotFound {
+                                        of: None,
                                         tried: format!(
                                             "{} was opened without its parent",
                                             self.name
@@ -269,6 +278,7 @@ impl Image {
                 reason: format!("{} was opened read-only", self.name),
             });
         }
+        self.check_not_failed()?;
         self.check_range(offset, data.len() as u64)?;
         if matches!(self.layout, Layout::Fixed) {
             self.hole_map = None;
@@ -313,7 +323,7 @@ impl Image {
             let guest = offset + pos as u64;
             let n = (block_size - guest % block_size).min((data.len() - pos) as u64) as usize;
             sparse.write_block(
-                &mut *self.storage,
+                &mut self.storage,
                 &self.footer_bytes,
                 guest,
                 &data[pos..pos + n],
@@ -325,16 +335,56 @@ impl Image {
 
     /// Makes every write so far durable, writing metadata in the documented
     /// order (see the `sparse` module). A no-op on read-only images.
+    ///
+    /// # Errors and retries
+    ///
+    /// A failed write (of data or metadata) leaves the metadata that was
+    /// not written dirty in memory, so a later flush tries it again and a
+    /// flush that returns `Ok` always means everything is durable. A
+    /// failed *sync* is different: the system may have dropped written
+    /// pages without saying which, so a later sync could succeed without
+    /// them. After a failed sync the image is in a failed state: every
+    /// later write, flush and close fails with [`Error::Failed`] until the
+    /// image is reopened. What is on disk stays consistent by the write
+    /// order (every sector reads its old or its new contents).
     pub fn flush(&mut self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
-        if let Layout::Sparse(sparse) = &mut self.layout {
-            sparse.write_metadata(&mut *self.storage)?;
+        self.check_not_failed()?;
+        let result = match &mut self.layout {
+            Layout::Sparse(sparse) => sparse.write_metadata(&mut self.storage),
+            Layout::Fixed => Ok(()),
         }
-        self.storage
-            .sync()
-            .map_err(|e| Error::io(format!("syncing {}", self.name), e))
+        .and_then(|()| {
+            self.storage
+                .sync()
+                .map_err(|e| Error::io(format!("syncing {}", self.name), e))
+        });
+        match result {
+            Err(_) if self.storage.failed().is_some() => Err(self.failed_error()),
+            other => other,
+        }
+    }
+
+    /// Whether a sync failed earlier (see [`Image::flush`]).
+    pub fn is_failed(&self) -> bool {
+        self.storage.failed().is_some()
+    }
+
+    fn check_not_failed(&self) -> Result<()> {
+        if self.is_failed() {
+            Err(self.failed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn failed_error(&self) -> Error {
+        Error::Failed {
+            name: self.name.clone(),
+            cause: self.storage.failed().unwrap_or_default().to_string(),
+        }
     }
 
     /// Flushes and closes, reporting any error (dropping also flushes, but
@@ -352,9 +402,9 @@ impl Image {
         self.writable = false;
         let storage = std::mem::replace(
             &mut self.storage,
-            Box::new(crate::storage::MemStorage::new()),
+            Guarded::new(Box::new(crate::storage::MemStorage::new())),
         );
-        Ok(storage)
+        Ok(storage.into_inner())
     }
 
     /// Takes the parent out of the image (used by commit and by tests).
@@ -457,7 +507,7 @@ impl Image {
                 let end = offset + len;
                 while pos < end {
                     let n = (block_size - pos % block_size).min(end - pos);
-                    for (o, l, s) in sparse.runs(&mut *self.storage, pos, n)? {
+                    for (o, l, s) in sparse.runs(&mut self.storage, pos, n)? {
                         match s {
                             Source::File(at) => push(
                                 out,
@@ -479,6 +529,7 @@ impl Image {
                                 }
                                 None if self.footer.disk_type == DiskType::Differencing => {
                                     return Err(Error::ParentNotFound {
+                                        of: None,
                                         tried: format!(
                                             "{} was opened without its parent",
                                             self.name

@@ -11,7 +11,8 @@ use crate::format::{
 use crate::rules::{Finding, Rule};
 use crate::storage::{FileStorage, LockMode, OpenError, Storage};
 
-use super::parent::{self, ChainGuard, ParentSource};
+use super::parent::{self, ParentSource};
+use super::resolver::{ChainGuard, ParentResolver, file_id, image_metadata};
 use super::sparse::{DEFAULT_BITMAP_CACHE_BYTES, Sparse};
 use super::{Image, Layout};
 
@@ -28,12 +29,13 @@ pub const MAX_CHAIN_DEPTH: usize = 64;
 /// # Ok::<(), vhdref::Error>(())
 /// ```
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools)] // independent switches of a builder
 pub struct OpenOptions {
     pub(crate) write: bool,
     pub(crate) parent_path: Option<PathBuf>,
     pub(crate) parent_image: Option<Image>,
     pub(crate) ignore_parent_id: bool,
-    pub(crate) allowed_dirs: Option<Vec<PathBuf>>,
+    pub(crate) resolver: ParentResolver,
     pub(crate) parent_writable: bool,
     pub(crate) skip_parent: bool,
     pub(crate) bitmap_cache_bytes: Option<u64>,
@@ -45,6 +47,7 @@ impl std::fmt::Debug for OpenOptions {
             .field("write", &self.write)
             .field("parent_path", &self.parent_path)
             .field("ignore_parent_id", &self.ignore_parent_id)
+            .field("resolver", &self.resolver)
             .finish_non_exhaustive()
     }
 }
@@ -88,10 +91,20 @@ impl OpenOptions {
     /// Follow locators only to files inside these directories. By default
     /// a locator may point anywhere the caller could open; with this set,
     /// a locator outside is reported in the PAR-NOT-FOUND error, never
-    /// followed silently.
+    /// followed silently. The same as
+    /// `resolver(ParentResolver::new().allow_dirs(dirs))`.
     #[must_use]
     pub fn allow_parent_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
-        self.allowed_dirs = Some(dirs);
+        self.resolver = ParentResolver::new().allow_dirs(dirs);
+        self
+    }
+
+    /// The policy for following parent references (locators and the
+    /// parent name): anywhere (the default), inside some directories, or
+    /// nowhere ([`ParentResolver::deny_all`]).
+    #[must_use]
+    pub fn resolver(mut self, resolver: ParentResolver) -> Self {
+        self.resolver = resolver;
         self
     }
 
@@ -124,46 +137,119 @@ impl OpenOptions {
 
     /// Opens the image file at `path`, locking it.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Image> {
+        let path = path.as_ref();
+        let meta = image_metadata(path, true)?;
         let mut guard = ChainGuard::default();
-        self.open_path(path.as_ref(), &mut guard)
-    }
-
-    pub(crate) fn open_path(self, path: &Path, guard: &mut ChainGuard) -> Result<Image> {
-        let name = path.display().to_string();
-        guard.enter(path)?;
-        let storage = open_file(path, self.write)?;
-        let mut image =
-            self.open_inner(Box::new(storage), name, Some(path.to_path_buf()), guard)?;
-        image.path = Some(path.to_path_buf());
-        Ok(image)
+        guard.enter(Some(file_id(path, &meta)), &path.display().to_string())?;
+        let image = self.open_layer_file(path)?;
+        self.finish(image, &mut guard)
     }
 
     /// Opens an image held by any storage; `name` is used in messages.
-    /// Parents are looked for relative to the current directory unless
-    /// given with [`OpenOptions::parent`] or [`OpenOptions::parent_image`].
+    /// Relative parent references are taken relative to the current
+    /// directory unless the parent is given with [`OpenOptions::parent`]
+    /// or [`OpenOptions::parent_image`]; [`ParentResolver::deny_all`]
+    /// turns lookups off.
     pub fn open_storage(self, storage: Box<dyn Storage>, name: impl Into<String>) -> Result<Image> {
-        let mut guard = ChainGuard::default();
-        self.open_inner(storage, name.into(), None, &mut guard)
+        self.open_created(storage, name.into(), None)
     }
 
-    pub(crate) fn open_inner(
-        mut self,
+    /// Opens an image in `storage` that was made at `path` (if any).
+    pub(crate) fn open_created(
+        self,
         storage: Box<dyn Storage>,
         name: String,
         path: Option<PathBuf>,
+    ) -> Result<Image> {
+        let mut guard = ChainGuard::default();
+        guard.enter(None, &name)?;
+        let image = self.open_layer(storage, name, path)?;
+        self.finish(image, &mut guard)
+    }
+
+    /// Attaches the parent chain, then refuses a write open that only the
+    /// footer copy allows: every error that stops a read-only open comes
+    /// first.
+    fn finish(mut self, mut image: Image, guard: &mut ChainGuard) -> Result<Image> {
+        self.attach_parent(&mut image, guard)?;
+        self.check_writable(&image)?;
+        Ok(image)
+    }
+
+    /// The options a parent of an image opened with these options is
+    /// opened with: for writing only if `parent_writable`, the same
+    /// resolver and parent ID policy.
+    pub(crate) fn clone_for_parent(&self) -> OpenOptions {
+        OpenOptions {
+            write: self.parent_writable,
+            ignore_parent_id: self.ignore_parent_id,
+            resolver: self.resolver.clone(),
+            ..OpenOptions::default()
+        }
+    }
+
+    /// Opens one image file, its own rules only (no parent).
+    pub(crate) fn open_layer_file(&self, path: &Path) -> Result<Image> {
+        let storage = FileStorage::open(path, self.write).map_err(|e| file_open_error(path, e))?;
+        self.open_layer(
+            Box::new(storage),
+            path.display().to_string(),
+            Some(path.to_path_buf()),
+        )
+    }
+
+    /// Finds and checks the parent of a differencing image (unless told
+    /// to skip it).
+    pub(crate) fn attach_parent(
+        &mut self,
+        image: &mut Image,
         guard: &mut ChainGuard,
+    ) -> Result<()> {
+        if image.footer.disk_type != DiskType::Differencing
+            || (self.skip_parent && self.parent_image.is_none())
+        {
+            return Ok(());
+        }
+        let (parent, source) = match (self.parent_image.take(), &self.parent_path) {
+            (Some(p), _) => {
+                let name = p.name().to_string();
+                (p, ParentSource::Caller(name))
+            }
+            (None, Some(path)) => self.resolver.open_given(image, path, self, guard)?,
+            (None, None) => self.resolver.find(image, self, guard)?,
+        };
+        parent::check_parent(image, &parent, self.ignore_parent_id)?;
+        image.parent = Some(Box::new(parent));
+        image.parent_source = Some(source);
+        Ok(())
+    }
+
+    /// A write open of an image readable only through its footer copy is
+    /// refused (FTR-TRAILING).
+    pub(crate) fn check_writable(&self, image: &Image) -> Result<()> {
+        if self.write && image.from_copy {
+            return Err(Error::ReadOnly {
+                reason: format!(
+                    "{}: the trailing footer is damaged and only the copy at offset 0 is valid (FTR-TRAILING); it can be opened read-only, or repaired",
+                    image.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens the image in `storage` under its own rules: footer, header,
+    /// BAT. The parent is left for [`OpenOptions::attach_parent`].
+    pub(crate) fn open_layer(
+        &self,
+        storage: Box<dyn Storage>,
+        name: String,
+        path: Option<PathBuf>,
     ) -> Result<Image> {
         let mut findings = Vec::new();
         let located = locate_footer(&*storage, &mut findings)?;
         let footer = located.footer;
         findings.extend(footer.lint());
-        if self.write && located.from_copy {
-            return Err(Error::ReadOnly {
-                reason: format!(
-                    "{name}: the trailing footer is damaged and only the copy at offset 0 is valid (FTR-TRAILING); open it read-only to read it"
-                ),
-            });
-        }
         let layout = match footer.disk_type {
             DiskType::Fixed => {
                 let data_len = located.offset;
@@ -185,68 +271,31 @@ impl OpenOptions {
                 }
                 Layout::Fixed
             }
-            DiskType::Dynamic | DiskType::Differencing => Layout::Sparse(load_sparse(
+            DiskType::Dynamic | DiskType::Differencing => Layout::Sparse(Box::new(load_sparse(
                 self.bitmap_cache_bytes
                     .unwrap_or(DEFAULT_BITMAP_CACHE_BYTES),
                 &*storage,
                 &footer,
                 located.offset,
                 &mut findings,
-            )?),
+            )?)),
         };
-        let mut image = Image {
-            storage,
+        Ok(Image {
+            storage: super::Guarded::new(storage),
             name,
-            path: path.clone(),
+            path,
             footer_bytes: footer.to_bytes(),
             footer,
             footer_offset: located.offset,
+            from_copy: located.from_copy,
             layout,
             parent: None,
             parent_source: None,
             writable: self.write,
             findings,
             hole_map: None,
-        };
-        if image.footer.disk_type == DiskType::Differencing
-            && !(self.skip_parent && self.parent_image.is_none())
-        {
-            let (parent, source) = match self.parent_image.take() {
-                Some(p) => {
-                    let name = p.name().to_string();
-                    (p, ParentSource::Caller(name))
-                }
-                None => parent::resolve(&mut image, &self, path.as_deref(), guard)?,
-            };
-            parent::check_parent(&mut image, &parent, self.ignore_parent_id)?;
-            image.parent = Some(Box::new(parent));
-            image.parent_source = Some(source);
-        }
-        Ok(image)
+        })
     }
-}
-
-fn open_file(path: &Path, write: bool) -> Result<FileStorage> {
-    // Opening a FIFO or socket would block or fail oddly: only regular
-    // files and block devices hold images.
-    let meta =
-        std::fs::metadata(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    if !meta.is_file() && !is_block_device(&meta) {
-        return Err(Error::InvalidArgument(
-            "not a regular file or block device".to_string(),
-        ));
-    }
-    FileStorage::open(path, write).map_err(|e| file_open_error(path, e))
-}
-
-#[cfg(unix)]
-fn is_block_device(meta: &std::fs::Metadata) -> bool {
-    std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())
-}
-
-#[cfg(not(unix))]
-fn is_block_device(_meta: &std::fs::Metadata) -> bool {
-    false
 }
 
 /// Turns a storage open failure into an error naming the image.
@@ -327,21 +376,35 @@ fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<L
             from_copy: false,
         });
     }
-    if len >= FOOTER_SIZE as u64 * 2
-        && let Ok(footer) = Footer::parse(&read(0, FOOTER_SIZE)?)
-        && footer.disk_type.is_sparse()
-    {
-        findings.push(Finding::new(
-                    Rule::FtrTrailing,
-                    format!("the trailing footer is not valid ({first_error}); using the copy at offset 0, read-only"),
-                ));
-        return Ok(Located {
-            footer,
-            offset: len,
-            from_copy: true,
-        });
+    if len < FOOTER_SIZE as u64 * 2 {
+        // No room for a copy at offset 0 besides the trailing footer.
+        return Err(first_error);
     }
-    Err(first_error)
+    let copy_note = match Footer::parse(&read(0, FOOTER_SIZE)?) {
+        Ok(footer) if footer.disk_type.is_sparse() => {
+            findings.push(Finding::new(
+                Rule::FtrTrailing,
+                format!(
+                    "the trailing footer is not valid ({first_error}); using the copy at offset 0, read-only"
+                ),
+            ));
+            return Ok(Located {
+                footer,
+                offset: len,
+                from_copy: true,
+            });
+        }
+        Ok(_) => "; offset 0 holds a valid fixed-disk footer, which belongs only at the end of a fixed image".to_string(),
+        Err(Error::FooterCookie { .. }) => ", nor at offset 0".to_string(),
+        Err(e) => format!("; the footer copy at offset 0 is not valid either: {}", e.text_without_rule()),
+    };
+    match first_error {
+        Error::FooterCookie { found, .. } => Err(Error::FooterCookie {
+            found,
+            copy: copy_note,
+        }),
+        other => Err(other),
+    }
 }
 
 /// Reads and validates the dynamic header and the BAT. Each rule is a

@@ -18,6 +18,15 @@
 //! sector reads either its old or its new contents. A block allocated but
 //! never flushed is leaked space, which the checker reports. The crash
 //! tests cut every write sequence at every point to prove this.
+//!
+//! # Failures
+//!
+//! Metadata stays dirty in memory until its write succeeded: a bitmap is
+//! marked clean, and a BAT entry leaves the dirty set, only after its own
+//! write returned `Ok`, so a flush that failed on a write is done again in
+//! full by the next flush. A failed *sync* puts the image in a failed
+//! state instead (see `super::guarded`): nothing is reported durable after
+//! it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -252,14 +261,16 @@ impl Sparse {
         storage
             .sync()
             .map_err(|e| Error::io("syncing bitmaps before the BAT", e))?;
-        let dirty_bat = std::mem::take(&mut self.dirty_bat);
-        let mut iter = dirty_bat.iter().copied().peekable();
-        while let Some(first) = iter.next() {
-            let mut last = first;
-            while iter.peek() == Some(&(last + 1)) {
-                last += 1;
-                iter.next();
+        // Entries leave the dirty set only once written: a failed write
+        // leaves them (and everything after them) for the next flush.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for &block in &self.dirty_bat {
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == block => *last = block,
+                _ => runs.push((block, block)),
             }
+        }
+        for (first, last) in runs {
             let bytes: Vec<u8> = (first..=last)
                 .flat_map(|b| self.entry(b).to_be_bytes())
                 .collect();
@@ -267,6 +278,9 @@ impl Sparse {
             storage
                 .write_all_at(&bytes, at)
                 .map_err(|e| Error::io("writing the BAT", e))?;
+            for block in first..=last {
+                self.dirty_bat.remove(&block);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,398 @@
+//! Finding the parent of a differencing image: the one place that looks at
+//! the file system for parents, and the policy it follows.
+//!
+//! The candidates come from pure code (`super::locators`); this module
+//! decides which of them may be opened ([`ParentResolver`]: everywhere,
+//! only inside some directories, or nowhere), guards the chain against
+//! loops and excessive depth (by file identity, so a hard link or a
+//! symbolic link to an image already in the chain is a loop), tries each
+//! file once, and decides which file an error names:
+//!
+//! * a candidate that exists but is not a usable image gives PAR-INVALID,
+//!   naming that file and the rule it breaks itself;
+//! * a candidate that is a valid image of another identity gives
+//!   PAR-UNIQUE-ID;
+//! * a candidate that is locked, unreadable or can only be read (when it
+//!   is to be written) gives that error, naming the file;
+//! * an error deeper in the chain (a parent's parent) passes through as it
+//!   is: it already names its own files;
+//! * when nothing is found, PAR-NOT-FOUND lists every place tried, once.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+use super::Image;
+use super::locators::{Candidate, Origin};
+use super::open::{MAX_CHAIN_DEPTH, OpenOptions};
+use super::parent::ParentSource;
+
+/// Which files a differencing image's references may lead to.
+///
+/// ```
+/// use vhdref::image::ParentResolver;
+/// let anywhere = ParentResolver::new();
+/// let only_here = ParentResolver::new().allow_dirs(vec!["/srv/images".into()]);
+/// let nowhere = ParentResolver::deny_all();
+/// # let _ = (anywhere, only_here, nowhere);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ParentResolver {
+    allowed_dirs: Option<Vec<PathBuf>>,
+    deny_all: bool,
+}
+
+impl ParentResolver {
+    /// Follows locators to any file the caller can open.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Follows no locator and no parent name: a differencing image then
+    /// needs its parent given by the caller (for images in memory, or
+    /// files whose references must not be trusted at all).
+    pub fn deny_all() -> Self {
+        ParentResolver {
+            allowed_dirs: None,
+            deny_all: true,
+        }
+    }
+
+    /// Follows locators only to files inside these directories; a
+    /// reference to anywhere else is skipped and named in the error.
+    #[must_use]
+    pub fn allow_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.allowed_dirs = Some(dirs);
+        self
+    }
+
+    fn allows(&self, path: &Path) -> bool {
+        let Some(dirs) = &self.allowed_dirs else {
+            return true;
+        };
+        let Ok(canonical) = path.canonicalize() else {
+            return false;
+        };
+        dirs.iter()
+            .any(|d| d.canonicalize().is_ok_and(|d| canonical.starts_with(d)))
+    }
+}
+
+/// What identifies a file: device and inode where the system has them,
+/// else the canonical path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FileId {
+    /// Device and inode.
+    #[cfg_attr(not(unix), allow(dead_code))]
+    Inode(u64, u64),
+    /// Canonical path.
+    #[cfg_attr(unix, allow(dead_code))]
+    Path(PathBuf),
+}
+
+/// The identity of the file at `path` whose metadata is `meta`.
+pub(crate) fn file_id(path: &Path, meta: &std::fs::Metadata) -> FileId {
+    #[cfg(unix)]
+    {
+        let _ = path;
+        use std::os::unix::fs::MetadataExt;
+        FileId::Inode(meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        FileId::Path(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()))
+    }
+}
+
+/// The images already open in a chain, to refuse loops and bound depth.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ChainGuard {
+    seen: Vec<Option<FileId>>,
+}
+
+impl ChainGuard {
+    /// Enters the image named `name` (identity `id`, if it is a file):
+    /// PAR-LOOP if it is already in the chain, PAR-DEPTH if the chain would
+    /// grow past the bound.
+    pub(crate) fn enter(&mut self, id: Option<FileId>, name: &str) -> Result<()> {
+        if id.is_some() && self.seen.contains(&id) {
+            return Err(Error::ParentLoop {
+                path: name.to_string(),
+            });
+        }
+        if self.seen.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::ParentDepth {
+                limit: MAX_CHAIN_DEPTH,
+            });
+        }
+        self.seen.push(id);
+        Ok(())
+    }
+
+    /// How many images are in the chain so far.
+    pub(crate) fn depth(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// The metadata of a path that should hold an image: a regular file, or
+/// a block device when `devices` allows it.
+pub(crate) fn image_metadata(path: &Path, devices: bool) -> Result<std::fs::Metadata> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    if meta.is_file() || (devices && is_block_device(&meta)) {
+        Ok(meta)
+    } else {
+        Err(Error::NotAFile {
+            path: path.display().to_string(),
+        })
+    }
+}
+
+#[cfg(unix)]
+fn is_block_device(meta: &std::fs::Metadata) -> bool {
+    std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())
+}
+
+#[cfg(not(unix))]
+fn is_block_device(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// The best reason found so far for not having a parent.
+#[derive(Default)]
+struct Verdicts {
+    /// Exists but cannot be used now (locked, unreadable, read-only).
+    blocked: Option<Error>,
+    /// A valid image with another unique ID.
+    mismatch: Option<Error>,
+    /// Exists but is not a usable image.
+    invalid: Option<Error>,
+}
+
+impl ParentResolver {
+    /// Opens the parent the caller named (`--parent`): PAR-NOT-FOUND if it
+    /// does not exist, PAR-INVALID if it is not a usable image.
+    pub(crate) fn open_given(
+        &self,
+        child: &Image,
+        path: &Path,
+        options: &OpenOptions,
+        guard: &mut ChainGuard,
+    ) -> Result<(Image, ParentSource)> {
+        let of = of_child(child, guard);
+        let shown = path.display().to_string();
+        let invalid = |cause: Error| Error::ParentInvalid {
+            parent: shown.clone(),
+            of: of.clone(),
+            cause: Box::new(cause),
+            tried: None,
+        };
+        let meta = match image_metadata(path, true) {
+            Ok(m) => m,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ParentNotFound {
+                    of,
+                    tried: format!("{shown} (given): no such file"),
+                });
+            }
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => return Err(invalid(e)),
+        };
+        guard.enter(Some(file_id(path, &meta)), &shown)?;
+        let mut popts = options.clone_for_parent();
+        let mut image = match popts.open_layer_file(path) {
+            Ok(image) => image,
+            Err(e) if is_blocking(&e) => return Err(e),
+            Err(e) => return Err(invalid(e)),
+        };
+        popts.attach_parent(&mut image, guard)?;
+        popts.check_writable(&image)?;
+        Ok((image, ParentSource::Caller(shown)))
+    }
+
+    /// Finds the parent of `child` through its references, in order.
+    pub(crate) fn find(
+        &self,
+        child: &mut Image,
+        options: &OpenOptions,
+        guard: &mut ChainGuard,
+    ) -> Result<(Image, ParentSource)> {
+        let of = of_child(child, guard);
+        let decoded = child.decode_locators();
+        child.findings.extend(decoded.findings);
+        let mut tried = decoded.skipped;
+        if self.deny_all {
+            tried.push("parent lookups are disabled; give the parent explicitly".into());
+            return Err(Error::ParentNotFound {
+                of,
+                tried: tried.join("; "),
+            });
+        }
+        let child_dir = child
+            .path()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let expected = child
+            .dyn_header()
+            .map(|h| h.parent_unique_id)
+            .unwrap_or_default();
+        let mut ids: Vec<FileId> = Vec::new();
+        let mut verdicts = Verdicts::default();
+        for Candidate { path, origin } in decoded.candidates {
+            let path = if path.is_absolute() {
+                path
+            } else {
+                child_dir.join(path)
+            };
+            let shown = path.display().to_string();
+            let kind = origin_kind(&origin);
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tried.push(format!("{shown} ({kind}): no such file"));
+                    continue;
+                }
+                Err(e) => {
+                    tried.push(format!("{shown} ({kind}): {e}"));
+                    verdicts
+                        .blocked
+                        .get_or_insert(Error::io(format!("opening {shown}"), e));
+                    continue;
+                }
+            };
+            let id = file_id(&path, &meta);
+            if ids.contains(&id) {
+                // The same file by another reference: tried once.
+                continue;
+            }
+            ids.push(id.clone());
+            if !self.allows(&path) {
+                tried.push(format!(
+                    "{shown} ({kind}): outside the allowed directories, not followed"
+                ));
+                continue;
+            }
+            // A reference comes from the file: never open a FIFO (which
+            // would wait for a writer forever) or a device because an
+            // image says so.
+            if !meta.is_file() {
+                tried.push(format!("{shown} ({kind}): not a regular file, not opened"));
+                verdicts.invalid.get_or_insert(Error::ParentInvalid {
+                    parent: shown.clone(),
+                    of: of.clone(),
+                    cause: Box::new(Error::NotAFile {
+                        path: shown.clone(),
+                    }),
+                    tried: None,
+                });
+                continue;
+            }
+            let mut sub = guard.clone();
+            sub.enter(Some(id), &shown)?;
+            let mut popts = options.clone_for_parent();
+            let mut image = match popts.open_layer_file(&path) {
+                Ok(image) => image,
+                Err(e) => {
+                    tried.push(format!("{shown} ({kind}): {e}"));
+                    if is_blocking(&e) {
+                        verdicts.blocked.get_or_insert(e);
+                    } else {
+                        verdicts.invalid.get_or_insert(Error::ParentInvalid {
+                            parent: shown.clone(),
+                            of: of.clone(),
+                            cause: Box::new(e),
+                            tried: None,
+                        });
+                    }
+                    continue;
+                }
+            };
+            let found = image.footer().unique_id;
+            if found != expected && !options.ignore_parent_id {
+                tried.push(format!(
+                    "{shown} ({kind}): unique ID {found} is not the {expected} the child records"
+                ));
+                verdicts.mismatch.get_or_insert(Error::ParentUniqueId {
+                    parent: shown,
+                    expected,
+                    found,
+                });
+                continue;
+            }
+            popts.attach_parent(&mut image, &mut sub)?;
+            popts.check_writable(&image)?;
+            *guard = sub;
+            let source = match origin {
+                Origin::Locator { platform, text } => ParentSource::Locator {
+                    platform,
+                    locator: text,
+                    path: shown,
+                },
+                Origin::Name => ParentSource::Name(shown),
+            };
+            return Ok((image, source));
+        }
+        if let Some(mut e) = verdicts.blocked.or(verdicts.mismatch).or(verdicts.invalid) {
+            if let Error::ParentInvalid { tried: list, .. } = &mut e
+                && tried.len() > 1
+            {
+                *list = Some(tried.join("; "));
+            }
+            return Err(e);
+        }
+        if tried.is_empty() {
+            tried.push("the image has no usable locator and no parent name".into());
+        }
+        Err(Error::ParentNotFound {
+            of,
+            tried: tried.join("; "),
+        })
+    }
+}
+
+/// The error of opening a parent the caller named, as an error about that
+/// parent: PAR-NOT-FOUND if it does not exist, PAR-INVALID if it is not a
+/// usable image; errors that already name a file (locks, I/O, problems
+/// deeper in its chain) pass through.
+pub(crate) fn given_parent_error(path: &Path, e: Error) -> Error {
+    let shown = path.display().to_string();
+    match e {
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::ParentNotFound {
+                of: None,
+                tried: format!("{shown} (given): no such file"),
+            }
+        }
+        e if is_blocking(&e) || e.kind() == crate::ErrorKind::Parent => e,
+        e => Error::ParentInvalid {
+            parent: shown,
+            of: None,
+            cause: Box::new(e),
+            tried: None,
+        },
+    }
+}
+
+/// Errors that say a file is there but cannot be used right now: they are
+/// reported as they are, naming the file.
+fn is_blocking(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Locked { .. } | Error::Io { .. } | Error::ReadOnly { .. }
+    )
+}
+
+/// The child's name for messages about a parent deeper in the chain
+/// (`None` for the image the caller opened).
+fn of_child(child: &Image, guard: &ChainGuard) -> Option<String> {
+    (guard.depth() > 1).then(|| child.name().to_string())
+}
+
+fn origin_kind(origin: &Origin) -> String {
+    match origin {
+        Origin::Locator { platform, .. } => format!("{platform} locator"),
+        Origin::Name => "parent name".into(),
+    }
+}
