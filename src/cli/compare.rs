@@ -32,6 +32,10 @@ pub struct CompareArgs {
     /// Parent of B, if B is a differencing image.
     #[arg(long, value_name = "PARENT")]
     pub parent_b: Option<PathBuf>,
+    /// What A and B are: auto (a file with a valid VHD footer is a VHD,
+    /// anything else raw), raw, or vhd.
+    #[arg(long, value_enum, default_value_t)]
+    pub from: Format,
 }
 
 fn options(parent: Option<&PathBuf>) -> OpenOptions {
@@ -48,8 +52,8 @@ pub fn run(args: &CompareArgs) -> CmdResult {
 
 fn compare(args: &CompareArgs) -> CmdResult {
     let (pa, pb) = (&args.a, &args.b);
-    let mut a = Disk::open(pa, Format::Auto, options(args.parent_a.as_ref()))?;
-    let mut b = Disk::open(pb, Format::Auto, options(args.parent_b.as_ref()))?;
+    let mut a = Disk::open(pa, args.from, options(args.parent_a.as_ref()))?;
+    let mut b = Disk::open(pb, args.from, options(args.parent_b.as_ref()))?;
     let size = a.size();
     if size != b.size() {
         print(&format!(

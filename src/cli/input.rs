@@ -50,12 +50,25 @@ impl Disk {
                 .open(path)
                 .map(|img| Disk::Vhd(Box::new(img)))
                 .map_err(|e| Failure::image(path, &e)),
+            // A file with a valid footer is a VHD whatever else is wrong
+            // with it (or its parents): never fall back to raw for it.
             Format::Auto => match options.open(path) {
                 Ok(img) => Ok(Disk::Vhd(Box::new(img))),
-                Err(e) if e.kind() == ErrorKind::NotVhd => Self::open_raw(path),
+                Err(e) if e.kind() == ErrorKind::NotVhd && !Self::has_footer(path)? => {
+                    Self::open_raw(path)
+                }
                 Err(e) => Err(Failure::image(path, &e)),
             },
         }
+    }
+
+    /// Whether the file has a valid VHD footer (see [`crate::image::probe`]).
+    fn has_footer(path: &Path) -> Result<bool, Failure> {
+        let storage = FileStorage::open(path, false)
+            .map_err(|e| Failure::image(path, &file_open_error(path, e)))?;
+        crate::image::probe(&storage)
+            .map(|t| t.is_some())
+            .map_err(|e| Failure::image(path, &e))
     }
 
     fn open_raw(path: &Path) -> Result<Disk, Failure> {

@@ -17,8 +17,8 @@ pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
 pub(crate) use guarded::Guarded;
 pub use locators::windows_path_to_local;
-pub use open::OpenOptions;
 pub(crate) use open::file_open_error;
+pub use open::{OpenOptions, probe};
 pub use parent::ParentSource;
 pub use resolver::ParentResolver;
 

@@ -298,6 +298,22 @@ impl OpenOptions {
     }
 }
 
+/// What kind of VHD the bytes in `storage` are, judged by the footer
+/// alone: `Some` when the last 512 bytes (or 511, for a fixed image) are a
+/// valid footer or the copy at offset 0 is a valid dynamic or
+/// differencing footer; `None` when no valid footer is where one belongs
+/// (a raw disk). Nothing past the footer is read, so a VHD whose header,
+/// BAT or parent is broken is still a VHD here, and opening it then says
+/// what is wrong; tools that detect the format (`convert --from auto`)
+/// must never take such a file for a raw disk.
+pub fn probe(storage: &dyn Storage) -> Result<Option<DiskType>> {
+    match locate_footer(storage, &mut Vec::new()) {
+        Ok(located) => Ok(Some(located.footer.disk_type)),
+        Err(e @ Error::Io { .. }) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Turns a storage open failure into an error naming the image.
 pub(crate) fn file_open_error(path: &Path, e: OpenError) -> Error {
     match e {

@@ -239,6 +239,7 @@ impl ParentResolver {
             .map(|h| h.parent_unique_id)
             .unwrap_or_default();
         let mut ids: Vec<FileId> = Vec::new();
+        let mut missing: Vec<PathBuf> = Vec::new();
         let mut verdicts = Verdicts::default();
         for Candidate { path, origin } in decoded.candidates {
             let path = if path.is_absolute() {
@@ -251,7 +252,13 @@ impl ParentResolver {
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tried.push(format!("{shown} ({kind}): no such file"));
+                    // The same missing file by another reference is listed once.
+                    let spelled = std::path::absolute(&path)
+                        .map_or_else(|_| path.clone(), |p| p.components().collect());
+                    if !missing.contains(&spelled) {
+                        missing.push(spelled);
+                        tried.push(format!("{shown} ({kind}): no such file"));
+                    }
                     continue;
                 }
                 Err(e) => {
