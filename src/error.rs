@@ -162,7 +162,7 @@ pub enum Error {
         tried: String,
     },
     /// PAR-INVALID.
-    #[error("{}{} (PAR-INVALID)", parent_invalid_text(.parent, .of.as_deref(), .cause), tried_list(.tried))]
+    #[error("{}{} (PAR-INVALID)", parent_invalid_text(.parent, .of.as_deref(), .cause), tried_list(.tried.as_deref()))]
     ParentInvalid {
         /// The parent's path.
         parent: String,
@@ -397,10 +397,8 @@ fn parent_invalid_text(parent: &str, of: Option<&str>, cause: &Error) -> String 
 }
 
 /// `; tried: ...` when there is a list.
-fn tried_list(tried: &Option<String>) -> String {
-    tried
-        .as_ref()
-        .map_or_else(String::new, |t| format!("; tried: {t}"))
+fn tried_list(tried: Option<&str>) -> String {
+    tried.map_or_else(String::new, |t| format!("; tried: {t}"))
 }
 
 /// Shorthand for results of this crate.

@@ -42,7 +42,10 @@ fn replace_with_text(dir: &Path) {
     .unwrap();
 }
 
-fn damages() -> [(&'static str, fn(&Path), &'static str); 3] {
+/// What a damage is called, how to do it, and the rule the parent breaks.
+type Damage = (&'static str, fn(&Path), &'static str);
+
+fn damages() -> [Damage; 3] {
     [
         ("zeros", overwrite_with_zeros, "FTR-COOKIE"),
         ("empty", truncate_to_nothing, "FTR-SIZE"),

@@ -235,7 +235,7 @@ impl CreateOptions {
             path.display().to_string(),
             Some(path.to_path_buf()),
             parent,
-            info,
+            info.as_ref(),
             dims,
         );
         if result.is_err() {
@@ -270,7 +270,7 @@ impl CreateOptions {
             _ => (None, None),
         };
         let dims = self.dimensions(info.as_ref())?;
-        self.finish(storage, name.into(), None, parent, info, dims)
+        self.finish(storage, name.into(), None, parent, info.as_ref(), dims)
     }
 
     /// The size and geometry to write: the parent's for a child, else the
@@ -288,7 +288,7 @@ impl CreateOptions {
         name: String,
         path: Option<PathBuf>,
         parent: Option<Image>,
-        info: Option<ParentInfo>,
+        info: Option<&ParentInfo>,
         (size, geometry): (u64, Geometry),
     ) -> Result<Image> {
         let footer = Footer {
@@ -315,7 +315,7 @@ impl CreateOptions {
             storage.set_len(size).map_err(io)?;
             storage.write_all_at(&footer.to_bytes(), size).map_err(io)?;
         } else {
-            for (offset, bytes) in sparse_layout(&footer, self.block_size, info.as_ref()) {
+            for (offset, bytes) in sparse_layout(&footer, self.block_size, info) {
                 storage.write_all_at(&bytes, offset).map_err(io)?;
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! On Linux a failed `fsync` may have dropped the dirty pages it was
 //! writing, and a later `fsync` can then succeed without them (what
-//! PostgreSQL learned in 2018). So after one failed sync nothing that was
+//! database developers learned the hard way in 2018). So after one failed sync nothing that was
 //! written since the last successful sync can be trusted to be durable,
 //! and a later "successful" flush would be a lie. This wrapper remembers
 //! the first failed sync and from then on fails every write, `set_len`

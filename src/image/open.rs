@@ -215,7 +215,7 @@ impl OpenOptions {
                 let name = p.name().to_string();
                 (p, ParentSource::Caller(name))
             }
-            (None, Some(path)) => self.resolver.open_given(image, path, self, guard)?,
+            (None, Some(path)) => ParentResolver::open_given(image, path, self, guard)?,
             (None, None) => self.resolver.find(image, self, guard)?,
         };
         parent::check_parent(image, &parent, self.ignore_parent_id)?;

@@ -94,8 +94,8 @@ pub(crate) enum FileId {
 pub(crate) fn file_id(path: &Path, meta: &std::fs::Metadata) -> FileId {
     #[cfg(unix)]
     {
-        let _ = path;
         use std::os::unix::fs::MetadataExt;
+        let _ = path;
         FileId::Inode(meta.dev(), meta.ino())
     }
     #[cfg(not(unix))]
@@ -175,7 +175,6 @@ impl ParentResolver {
     /// Opens the parent the caller named (`--parent`): PAR-NOT-FOUND if it
     /// does not exist, PAR-INVALID if it is not a usable image.
     pub(crate) fn open_given(
-        &self,
         child: &Image,
         path: &Path,
         options: &OpenOptions,
@@ -219,143 +218,193 @@ impl ParentResolver {
         options: &OpenOptions,
         guard: &mut ChainGuard,
     ) -> Result<(Image, ParentSource)> {
-        let of = of_child(child, guard);
         let decoded = child.decode_locators();
         child.findings.extend(decoded.findings);
-        let mut tried = decoded.skipped;
+        let mut search = Search {
+            of: of_child(child, guard),
+            expected: child
+                .dyn_header()
+                .map(|h| h.parent_unique_id)
+                .unwrap_or_default(),
+            tried: decoded.skipped,
+            ids: Vec::new(),
+            missing: Vec::new(),
+            verdicts: Verdicts::default(),
+        };
         if self.deny_all {
-            tried.push("parent lookups are disabled; give the parent explicitly".into());
-            return Err(Error::ParentNotFound {
-                of,
-                tried: tried.join("; "),
-            });
+            search
+                .tried
+                .push("parent lookups are disabled; give the parent explicitly".into());
+            return Err(search.not_found());
         }
         let child_dir = child
             .path()
             .and_then(Path::parent)
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let expected = child
-            .dyn_header()
-            .map(|h| h.parent_unique_id)
-            .unwrap_or_default();
-        let mut ids: Vec<FileId> = Vec::new();
-        let mut missing: Vec<PathBuf> = Vec::new();
-        let mut verdicts = Verdicts::default();
         for Candidate { path, origin } in decoded.candidates {
             let path = if path.is_absolute() {
                 path
             } else {
                 child_dir.join(path)
             };
-            let shown = path.display().to_string();
-            let kind = origin_kind(&origin);
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // The same missing file by another reference is listed once.
-                    let spelled = std::path::absolute(&path)
-                        .map_or_else(|_| path.clone(), |p| p.components().collect());
-                    if !missing.contains(&spelled) {
-                        missing.push(spelled);
-                        tried.push(format!("{shown} ({kind}): no such file"));
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tried.push(format!("{shown} ({kind}): {e}"));
-                    verdicts
-                        .blocked
-                        .get_or_insert(Error::io(format!("opening {shown}"), e));
-                    continue;
-                }
-            };
-            let id = file_id(&path, &meta);
-            if ids.contains(&id) {
-                // The same file by another reference: tried once.
-                continue;
+            if let Some(found) = search.try_candidate(self, &path, origin, options, guard)? {
+                return Ok(found);
             }
-            ids.push(id.clone());
-            if !self.allows(&path) {
-                tried.push(format!(
-                    "{shown} ({kind}): outside the allowed directories, not followed"
-                ));
-                continue;
-            }
-            // A reference comes from the file: never open a FIFO (which
-            // would wait for a writer forever) or a device because an
-            // image says so.
-            if !meta.is_file() {
-                tried.push(format!("{shown} ({kind}): not a regular file, not opened"));
-                verdicts.invalid.get_or_insert(Error::ParentInvalid {
-                    parent: shown.clone(),
-                    of: of.clone(),
-                    cause: Box::new(Error::NotAFile {
-                        path: shown.clone(),
-                    }),
-                    tried: None,
-                });
-                continue;
-            }
-            let mut sub = guard.clone();
-            sub.enter(Some(id), &shown)?;
-            let mut popts = options.clone_for_parent();
-            let mut image = match popts.open_layer_file(&path) {
-                Ok(image) => image,
-                Err(e) => {
-                    tried.push(format!("{shown} ({kind}): {e}"));
-                    if is_blocking(&e) {
-                        verdicts.blocked.get_or_insert(e);
-                    } else {
-                        verdicts.invalid.get_or_insert(Error::ParentInvalid {
-                            parent: shown.clone(),
-                            of: of.clone(),
-                            cause: Box::new(e),
-                            tried: None,
-                        });
-                    }
-                    continue;
-                }
-            };
-            let found = image.footer().unique_id;
-            if found != expected && !options.ignore_parent_id {
-                tried.push(format!(
-                    "{shown} ({kind}): unique ID {found} is not the {expected} the child records"
-                ));
-                verdicts.mismatch.get_or_insert(Error::ParentUniqueId {
-                    parent: shown,
-                    expected,
-                    found,
-                });
-                continue;
-            }
-            popts.attach_parent(&mut image, &mut sub)?;
-            popts.check_writable(&image)?;
-            *guard = sub;
-            let source = match origin {
-                Origin::Locator { platform, text } => ParentSource::Locator {
-                    platform,
-                    locator: text,
-                    path: shown,
-                },
-                Origin::Name => ParentSource::Name(shown),
-            };
-            return Ok((image, source));
         }
-        if let Some(mut e) = verdicts.blocked.or(verdicts.mismatch).or(verdicts.invalid) {
-            if let Error::ParentInvalid { tried: list, .. } = &mut e
-                && tried.len() > 1
-            {
-                *list = Some(tried.join("; "));
+        Err(search.verdict())
+    }
+}
+
+/// The state of one search for a parent.
+struct Search {
+    /// The child, when it is not the image opened.
+    of: Option<String>,
+    /// The unique ID the child records.
+    expected: uuid::Uuid,
+    /// Every place looked at, with why it was not used.
+    tried: Vec<String>,
+    /// Files already tried (by identity).
+    ids: Vec<FileId>,
+    /// Missing files already listed (by absolute spelling).
+    missing: Vec<PathBuf>,
+    verdicts: Verdicts,
+}
+
+impl Search {
+    /// Tries one candidate: `Some` when it is the parent (with its chain
+    /// attached), `None` to go on; an error that ends the search (a loop,
+    /// too deep, or a problem deeper in the chain).
+    fn try_candidate(
+        &mut self,
+        resolver: &ParentResolver,
+        path: &Path,
+        origin: Origin,
+        options: &OpenOptions,
+        guard: &mut ChainGuard,
+    ) -> Result<Option<(Image, ParentSource)>> {
+        let shown = path.display().to_string();
+        let kind = origin_kind(&origin);
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The same missing file by another reference is listed once.
+                let spelled = std::path::absolute(path)
+                    .map_or_else(|_| path.to_path_buf(), |p| p.components().collect());
+                if !self.missing.contains(&spelled) {
+                    self.missing.push(spelled);
+                    self.tried.push(format!("{shown} ({kind}): no such file"));
+                }
+                return Ok(None);
             }
-            return Err(e);
+            Err(e) => {
+                self.tried.push(format!("{shown} ({kind}): {e}"));
+                self.verdicts
+                    .blocked
+                    .get_or_insert(Error::io(format!("opening {shown}"), e));
+                return Ok(None);
+            }
+        };
+        let id = file_id(path, &meta);
+        if self.ids.contains(&id) {
+            // The same file by another reference: tried once.
+            return Ok(None);
         }
-        if tried.is_empty() {
-            tried.push("the image has no usable locator and no parent name".into());
+        self.ids.push(id.clone());
+        if !resolver.allows(path) {
+            self.tried.push(format!(
+                "{shown} ({kind}): outside the allowed directories, not followed"
+            ));
+            return Ok(None);
         }
-        Err(Error::ParentNotFound {
-            of,
-            tried: tried.join("; "),
-        })
+        // A reference comes from the file: never open a FIFO (which would
+        // wait for a writer forever) or a device because an image says so.
+        if !meta.is_file() {
+            self.tried
+                .push(format!("{shown} ({kind}): not a regular file, not opened"));
+            let cause = Error::NotAFile {
+                path: shown.clone(),
+            };
+            self.invalid(shown, cause);
+            return Ok(None);
+        }
+        let mut sub = guard.clone();
+        sub.enter(Some(id), &shown)?;
+        let mut popts = options.clone_for_parent();
+        let mut image = match popts.open_layer_file(path) {
+            Ok(image) => image,
+            Err(e) => {
+                self.tried.push(format!("{shown} ({kind}): {e}"));
+                if is_blocking(&e) {
+                    self.verdicts.blocked.get_or_insert(e);
+                } else {
+                    self.invalid(shown, e);
+                }
+                return Ok(None);
+            }
+        };
+        let found = image.footer().unique_id;
+        let expected = self.expected;
+        if found != expected && !options.ignore_parent_id {
+            self.tried.push(format!(
+                "{shown} ({kind}): unique ID {found} is not the {expected} the child records"
+            ));
+            self.verdicts.mismatch.get_or_insert(Error::ParentUniqueId {
+                parent: shown,
+                expected,
+                found,
+            });
+            return Ok(None);
+        }
+        popts.attach_parent(&mut image, &mut sub)?;
+        popts.check_writable(&image)?;
+        *guard = sub;
+        let source = match origin {
+            Origin::Locator { platform, text } => ParentSource::Locator {
+                platform,
+                locator: text,
+                path: shown,
+            },
+            Origin::Name => ParentSource::Name(shown),
+        };
+        Ok(Some((image, source)))
+    }
+
+    /// Notes a candidate that exists but is not a usable image.
+    fn invalid(&mut self, parent: String, cause: Error) {
+        self.verdicts.invalid.get_or_insert(Error::ParentInvalid {
+            parent,
+            of: self.of.clone(),
+            cause: Box::new(cause),
+            tried: None,
+        });
+    }
+
+    /// The error when no candidate was the parent, by precedence.
+    fn verdict(mut self) -> Error {
+        let verdicts = std::mem::take(&mut self.verdicts);
+        match verdicts.blocked.or(verdicts.mismatch).or(verdicts.invalid) {
+            Some(Error::ParentInvalid {
+                parent, of, cause, ..
+            }) => Error::ParentInvalid {
+                parent,
+                of,
+                cause,
+                tried: (self.tried.len() > 1).then(|| self.tried.join("; ")),
+            },
+            Some(e) => e,
+            None => self.not_found(),
+        }
+    }
+
+    fn not_found(mut self) -> Error {
+        if self.tried.is_empty() {
+            self.tried
+                .push("the image has no usable locator and no parent name".into());
+        }
+        Error::ParentNotFound {
+            of: self.of,
+            tried: self.tried.join("; "),
+        }
     }
 }
 

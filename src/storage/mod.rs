@@ -11,6 +11,7 @@ pub use memory::MemStorage;
 use std::io;
 
 /// Positioned I/O on the bytes of one image file.
+#[allow(clippy::len_without_is_empty)] // an image file is never asked whether it is empty
 pub trait Storage: Send {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
