@@ -13,7 +13,7 @@ use crate::{Error, ErrorKind, Finding, Image, Rule, Severity};
 use super::CmdResult;
 use super::args::ParentArgs;
 use super::info::severity_name;
-use super::output::{Failure, print, print_json, report};
+use super::output::{Failure, escape, print, print_json, report};
 
 /// Check an image against the rules of the format and list every finding
 /// with its rule ID.
@@ -148,6 +148,7 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 fn human(name: &str, outcome: &Outcome) -> String {
+    let name = &escape(name);
     let Outcome::Checked(found) = outcome else {
         // The error line on stderr says it all.
         return String::new();
@@ -162,17 +163,17 @@ fn human(name: &str, outcome: &Outcome) -> String {
         plural(warnings, "warning")
     );
     for f in found {
-        let whose = if f.image == name {
+        let whose = if escape(&f.image) == *name {
             String::new()
         } else {
-            format!("{}: ", f.image)
+            format!("{}: ", escape(&f.image))
         };
         let _ = writeln!(
             out,
             "  {:<7}  {}  {whose}{}",
             severity_name(f.finding.severity),
             f.finding.rule.id(),
-            f.finding.message
+            escape(&f.finding.message)
         );
     }
     out
@@ -218,8 +219,10 @@ fn to_json(name: &str, outcome: &Outcome, code: i32) -> Value {
     }
 }
 
-/// Escapes text for XML attributes and content.
+/// Escapes text for XML attributes and content (control characters
+/// first become visible escapes: XML 1.0 cannot hold most of them at all).
 fn xml(text: &str) -> String {
+    let text = escape(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

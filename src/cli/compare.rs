@@ -7,8 +7,8 @@ use clap::Args;
 use crate::OpenOptions;
 
 use super::CmdResult;
-use super::input::{Disk, Format, next_data};
-use super::output::{human_size, print};
+use super::input::{Disk, Format};
+use super::output::{escape, human_size, print};
 
 /// Bytes compared per step.
 const CHUNK: u64 = 1024 * 1024;
@@ -58,21 +58,19 @@ fn compare(args: &CompareArgs) -> CmdResult {
     if size != b.size() {
         print(&format!(
             "sizes differ: {} is {}, {} is {}\n",
-            pa.display(),
+            escape(&pa.display().to_string()),
             human_size(size),
-            pb.display(),
+            escape(&pb.display().to_string()),
             human_size(b.size())
         ))?;
         return Ok(1);
     }
-    let ranges_a = a.data_ranges(pa)?;
-    let ranges_b = b.data_ranges(pb)?;
     let mut buf_a = vec![0u8; CHUNK.min(size) as usize];
     let mut buf_b = buf_a.clone();
     let mut offset = 0u64;
     while offset < size {
         // Jump over stretches where neither disk holds data.
-        let next = match (next_data(&ranges_a, offset), next_data(&ranges_b, offset)) {
+        let next = match (a.next_data(pa, offset)?, b.next_data(pb, offset)?) {
             (Some(x), Some(y)) => x.min(y),
             (Some(x), None) | (None, Some(x)) => x,
             (None, None) => size,
@@ -84,8 +82,8 @@ fn compare(args: &CompareArgs) -> CmdResult {
         }
         let n = CHUNK.min(size - offset) as usize;
         let (da, db) = (&mut buf_a[..n], &mut buf_b[..n]);
-        let any_a = a.read_sparse(pa, &ranges_a, offset, da)?;
-        let any_b = b.read_sparse(pb, &ranges_b, offset, db)?;
+        let any_a = a.read_sparse(pa, offset, da)?;
+        let any_b = b.read_sparse(pb, offset, db)?;
         if (any_a || any_b) && da != db {
             let at = da
                 .iter()

@@ -24,7 +24,7 @@ use crate::{CreateOptions, DiskType, Image};
 
 use super::CmdResult;
 use super::args::{ParentArgs, parse_block_size};
-use super::input::{Disk, Format, is_zero, next_data};
+use super::input::{Disk, Format, is_zero};
 use super::output::{Failure, Table, human_size, print, progress, warn};
 
 /// Bytes read per step (at least; a larger output block is one step).
@@ -264,14 +264,15 @@ fn copy(
             .map_or(CHUNK, |bs| CHUNK.max(u64::from(bs))),
         Sink::Raw(_) => CHUNK,
     };
-    let ranges = disk.data_ranges(input)?;
     let bar = progress(out_size, "converting");
     let mut buf = vec![0u8; usize::try_from(chunk).unwrap_or(usize::MAX)];
     let mut written = 0u64;
     let mut offset = 0u64;
     while offset < out_size {
         // Jump over stretches with no data, staying chunk-aligned.
-        let next = next_data(&ranges, offset).map_or(out_size, |d| d - d % chunk);
+        let next = disk
+            .next_data(input, offset)?
+            .map_or(out_size, |d| d - d % chunk);
         if next > offset {
             let skip = next.min(out_size) - offset;
             bar.inc(skip);
@@ -281,7 +282,7 @@ fn copy(
         let n = chunk.min(out_size - offset) as usize;
         let readable = (size.saturating_sub(offset)).min(n as u64) as usize;
         let data = &mut buf[..n];
-        let any = disk.read_sparse(input, &ranges, offset, &mut data[..readable])?;
+        let any = disk.read_sparse(input, offset, &mut data[..readable])?;
         data[readable..].fill(0);
         if any {
             written += write_nonzero(sink, output, offset, data)?;

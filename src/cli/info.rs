@@ -13,7 +13,7 @@ use crate::{ErrorKind, Finding, Image, ParentSource};
 
 use super::CmdResult;
 use super::args::{Output, ParentArgs};
-use super::output::{Failure, Table, columns, human_size, print, print_json, short_size};
+use super::output::{Failure, Table, columns, escape, human_size, print, print_json, short_size};
 
 /// Show what an image is: type, sizes, geometry, creator, unique ID,
 /// blocks, warnings and the parent chain.
@@ -293,9 +293,14 @@ fn chain_text(image: &Image) -> String {
             let whose = if depth == 0 {
                 String::new()
             } else {
-                format!("{}: ", img.name())
+                format!("{}: ", escape(img.name()))
             };
-            let _ = writeln!(out, "  {}  {whose}{}", finding.rule.id(), finding.message);
+            let _ = writeln!(
+                out,
+                "  {}  {whose}{}",
+                finding.rule.id(),
+                escape(&finding.message)
+            );
         }
     }
     let chain = image.chain();
@@ -320,7 +325,11 @@ fn chain_text(image: &Image) -> String {
         out.push_str(&columns(&rows, "  "));
         for (depth, img) in chain.iter().enumerate() {
             if let Some(source) = img.parent_source() {
-                let _ = writeln!(out, "  parent of {depth} found by {source}");
+                let _ = writeln!(
+                    out,
+                    "  parent of {depth} found by {}",
+                    escape(&source.to_string())
+                );
             }
         }
     }

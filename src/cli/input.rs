@@ -108,23 +108,17 @@ impl Disk {
         }
     }
 
-    /// Guest ranges `(offset, length)` that may hold data, in order; the
-    /// rest reads as zeros. For a raw file, the file system's hole map says
-    /// (where it can; else the whole file may hold data).
-    pub fn data_ranges(&mut self, path: &Path) -> Result<Vec<(u64, u64)>, Failure> {
+    /// The first offset at or after `offset` where the disk may hold data;
+    /// `None` when only zeros follow. For a raw file, the file system's
+    /// hole map says (where it can).
+    pub fn next_data(&mut self, path: &Path, offset: u64) -> Result<Option<u64>, Failure> {
         match self {
-            Disk::Raw { len, storage } => Ok(if *len == 0 {
-                Vec::new()
-            } else {
-                storage.data_ranges().unwrap_or_else(|| vec![(0, *len)])
-            }),
-            Disk::Vhd(img) => Ok(img
-                .map()
-                .map_err(|e| Failure::image(path, &e))?
-                .into_iter()
-                .filter(|e| e.data)
-                .map(|e| (e.offset, e.length))
-                .collect()),
+            Disk::Raw { storage, len } => Ok(storage
+                .next_data(offset)
+                .map_err(|e| Failure::io(path, "mapping the file", &e))?
+                .map(|(start, _)| start.max(offset))
+                .filter(|start| start < len)),
+            Disk::Vhd(img) => img.next_data(offset).map_err(|e| Failure::image(path, &e)),
         }
     }
 
@@ -140,44 +134,46 @@ impl Disk {
         }
     }
 
-    /// Reads `buf.len()` guest bytes at `offset`, touching only the parts
-    /// that `ranges` (from [`Disk::data_ranges`]) say may hold data; the rest
-    /// is zero-filled. Returns whether anything was read.
+    /// Reads `buf.len()` guest bytes at `offset`, touching only what may
+    /// hold data (a raw file's holes are not read; a VHD reads unallocated
+    /// blocks as zeros without touching its file). Returns whether any of
+    /// the range may hold data; if not, `buf` is all zeros.
     pub fn read_sparse(
         &mut self,
         path: &Path,
-        ranges: &[(u64, u64)],
         offset: u64,
         buf: &mut [u8],
     ) -> Result<bool, Failure> {
         let end = offset + buf.len() as u64;
-        // First range that ends after `offset`.
-        let first = ranges.partition_point(|&(o, l)| o + l <= offset);
-        let mut filled = offset;
-        let mut any = false;
-        for &(o, l) in ranges.get(first..).unwrap_or_default() {
-            if o >= end {
-                break;
-            }
-            let start = o.max(offset);
-            let stop = (o + l).min(end);
-            zero(buf, filled - offset, start - offset);
-            let dst = &mut buf[(start - offset) as usize..(stop - offset) as usize];
-            self.read_at(path, start, dst)?;
-            any = true;
-            filled = stop;
+        let Some(first) = self.next_data(path, offset)?.filter(|&d| d < end) else {
+            buf.fill(0);
+            return Ok(false);
+        };
+        if let Disk::Vhd(_) = self {
+            self.read_at(path, offset, buf)?;
+            return Ok(true);
         }
-        zero(buf, filled - offset, end - offset);
-        Ok(any)
+        zero(buf, 0, first - offset);
+        let mut pos = first;
+        while pos < end {
+            let (start, stop) = match self {
+                Disk::Raw { storage, len } => storage
+                    .next_data(pos)
+                    .map_err(|e| Failure::io(path, "mapping the file", &e))?
+                    .map_or((end, end), |(s, e)| {
+                        (s.max(pos).min(end), e.min(end).min(*len))
+                    }),
+                Disk::Vhd(_) => (pos, end),
+            };
+            zero(buf, pos - offset, start - offset);
+            if start < stop {
+                let dst = &mut buf[(start - offset) as usize..(stop - offset) as usize];
+                self.read_at(path, start, dst)?;
+            }
+            pos = stop.max(start);
+        }
+        Ok(true)
     }
-}
-
-/// Where the first of `ranges` (sorted, from [`Disk::data_ranges`]) that
-/// ends after `offset` begins, at `offset` or later; `None` when only
-/// zeros follow. Lets a copy jump over empty stretches of a huge disk.
-pub fn next_data(ranges: &[(u64, u64)], offset: u64) -> Option<u64> {
-    let i = ranges.partition_point(|&(o, l)| o + l <= offset);
-    ranges.get(i).map(|&(o, _)| o.max(offset))
 }
 
 fn zero(buf: &mut [u8], from: u64, to: u64) {

@@ -81,12 +81,33 @@ pub fn describe(file: &str, error: &Error) -> String {
     }
 }
 
+/// Text from an image (or a path, or anything else the tool did not make
+/// itself) made safe to print on a terminal: control characters (which
+/// include newlines and ESC) and the Unicode characters that reorder text
+/// become visible escapes such as `\x1b` or `\u{202e}`, so an image
+/// cannot forge an output line, clear the screen or retitle the terminal.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() && (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else if c.is_control() || bidi {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Prints a failure as one line on stderr and returns its exit status.
+/// The file name and the message are escaped: the line is always one line.
 pub fn report(failure: &Failure) -> i32 {
     if !failure.message.is_empty() {
         let line = match &failure.file {
-            Some(f) => format!("vhd: {f}: {}\n", failure.message),
-            None => format!("vhd: {}\n", failure.message),
+            Some(f) => format!("vhd: {}: {}\n", escape(f), escape(&failure.message)),
+            None => format!("vhd: {}\n", escape(&failure.message)),
         };
         // Nothing sensible is left to do if stderr is gone.
         let _ = io::stderr().write_all(line.as_bytes());
@@ -94,9 +115,13 @@ pub fn report(failure: &Failure) -> i32 {
     failure.code
 }
 
-/// A warning line on stderr (`vhd: <file>: warning: ...`).
+/// A warning line on stderr (`vhd: <file>: warning: ...`), escaped.
 pub fn warn(file: impl AsRef<Path>, message: &str) {
-    let line = format!("vhd: {}: {message}\n", file.as_ref().display());
+    let line = format!(
+        "vhd: {}: {}\n",
+        escape(&file.as_ref().display().to_string()),
+        escape(message)
+    );
     let _ = io::stderr().write_all(line.as_bytes());
 }
 
@@ -113,7 +138,9 @@ pub fn write_stdout(out: &mut impl Write, bytes: &[u8]) -> Result<(), Failure> {
         .map_err(|e| stdout_error(&e))
 }
 
-fn stdout_error(e: &io::Error) -> Failure {
+/// The failure for an error writing to standard output (quiet for a
+/// closed pipe).
+pub fn stdout_error(e: &io::Error) -> Failure {
     if e.kind() == io::ErrorKind::BrokenPipe {
         Failure::plain("")
     } else {
@@ -166,9 +193,9 @@ impl Table {
         Self::default()
     }
 
-    /// Adds a row.
+    /// Adds a row; the value is escaped (it may come from an image).
     pub fn row(&mut self, label: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.rows.push((label.into(), value.into()));
+        self.rows.push((label.into(), escape(&value.into())));
         self
     }
 
@@ -190,8 +217,13 @@ impl Table {
     }
 }
 
-/// Columns with aligned widths (first row: the headings).
+/// Columns with aligned widths (first row: the headings); every cell is
+/// escaped.
 pub fn columns(rows: &[Vec<String>], indent: &str) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c)).collect())
+        .collect();
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n)
         .map(|i| {

@@ -174,7 +174,7 @@ pub fn write(args: &WriteArgs) -> CmdResult {
     super::output::print(&format!(
         "wrote {} bytes to {} at offset {}\n",
         offset - args.offset,
-        path.display(),
+        super::output::escape(&path.display().to_string()),
         args.offset
     ))?;
     Ok(0)

@@ -84,7 +84,7 @@ impl Storage for Guarded {
         })
     }
 
-    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
-        self.inner.data_ranges()
+    fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        self.inner.next_data(offset)
     }
 }

@@ -7,6 +7,7 @@ mod create;
 mod cursor;
 mod guarded;
 mod locators;
+mod map;
 mod open;
 mod parent;
 mod resolver;
@@ -29,6 +30,11 @@ use crate::format::{DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE};
 use crate::rules::Finding;
 use crate::storage::Storage;
 use sparse::{Source, Sparse};
+
+/// Guest bytes handled per step when a block's bitmap is walked: one step
+/// holds at most this many bytes' worth of runs (2048 for 1 MiB), so
+/// reading and mapping take bounded memory however fragmented a bitmap is.
+const RUN_WINDOW: u64 = 1 << 20;
 
 /// How the data of an image is laid out.
 #[derive(Debug)]
@@ -59,9 +65,6 @@ pub struct Image {
     parent_source: Option<ParentSource>,
     writable: bool,
     findings: Vec<Finding>,
-    /// The file's data ranges of a fixed image (its hole map), kept from
-    /// one `map` to the next and dropped on a write.
-    hole_map: Option<Vec<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -217,57 +220,61 @@ impl Image {
     /// a disk whose size is not a whole number of sectors (FTR-CURRENT-SIZE),
     /// which a partial-sector write must merge with.
     fn read_inner(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        match &mut self.layout {
-            Layout::Fixed => self
+        let Layout::Sparse(sparse) = &mut self.layout else {
+            return self
                 .storage
                 .read_exact_at(buf, offset)
-                .map_err(|e| Error::io(format!("reading {} at offset {offset}", self.name), e)),
-            Layout::Sparse(sparse) => {
-                let block_size = sparse.block_size;
-                let mut pos = 0usize;
-                while pos < buf.len() {
-                    let guest = offset + pos as u64;
-                    let n =
-                        (block_size - guest % block_size).min((buf.len() - pos) as u64) as usize;
-                    let Some(chunk) = buf.get_mut(pos..pos + n) else {
-                        break;
-                    };
-                    for (run_off, run_len, source) in
-                        sparse.runs(&mut self.storage, guest, n as u64)?
-                    {
-                        let start = (run_off - guest) as usize;
-                        let Some(dst) = chunk.get_mut(start..start + run_len as usize) else {
-                            break;
-                        };
-                        match source {
-                            Source::File(at) => {
-                                self.storage.read_exact_at(dst, at).map_err(|e| {
-                                    Error::io(
-                                        format!("reading {} at file offset {at}", self.name),
-                                        e,
-                                    )
-                                })?
-                            }
-                            Source::Absent => match &mut self.parent {
-                                Some(p) => p.read_inner(run_off, dst)?,
-                                None if self.footer.disk_type == DiskType::Differencing => {
-                                    return Err(Error::ParentNotFound {
-                                        of: None,
-                                        tried: format!(
-                                            "{} was opened without its parent",
-                                            self.name
-                                        ),
-                                    });
-                                }
-                                None => dst.fill(0),
-                            },
-                        }
-                    }
-                    pos += n;
-                }
-                Ok(())
+                .map_err(|e| Error::io(format!("reading {} at offset {offset}", self.name), e));
+        };
+        let block_size = sparse.block_size;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let guest = offset + pos as u64;
+            let n = (block_size - guest % block_size)
+                .min(RUN_WINDOW)
+                .min((buf.len() - pos) as u64) as usize;
+            let Some(chunk) = buf.get_mut(pos..pos + n) else {
+                break;
+            };
+            let runs = sparse.runs(&mut self.storage, guest, n as u64)?;
+            // Where the window lies in the file, if any of it is there.
+            let window_at = runs.iter().find_map(|&(o, _, s)| match s {
+                Source::File(at) => Some(at - (o - guest)),
+                Source::Absent => None,
+            });
+            let whole = window_at.filter(|_| runs.len() > 1);
+            if let Some(at) = whole {
+                // Many runs: one read of the whole window from the block,
+                // then the sectors it does not hold are filled below.
+                self.storage.read_exact_at(chunk, at).map_err(|e| {
+                    Error::io(format!("reading {} at file offset {at}", self.name), e)
+                })?;
             }
+            for (run_off, run_len, source) in runs {
+                let start = (run_off - guest) as usize;
+                let Some(dst) = chunk.get_mut(start..start + run_len as usize) else {
+                    break;
+                };
+                match source {
+                    Source::File(_) if whole.is_some() => {}
+                    Source::File(at) => self.storage.read_exact_at(dst, at).map_err(|e| {
+                        Error::io(format!("reading {} at file offset {at}", self.name), e)
+                    })?,
+                    Source::Absent => match &mut self.parent {
+                        Some(p) => p.read_inner(run_off, dst)?,
+                        None if self.footer.disk_type == DiskType::Differencing => {
+                            return Err(Error::ParentNotFound {
+                                of: None,
+                                tried: format!("{} was opened without its parent", self.name),
+                            });
+                        }
+                        None => dst.fill(0),
+                    },
+                }
+            }
+            pos += n;
         }
+        Ok(())
     }
 
     /// Writes `data` at guest `offset`. Partial sectors are merged with what
@@ -281,7 +288,6 @@ impl Image {
         self.check_not_failed()?;
         self.check_range(offset, data.len() as u64)?;
         if matches!(self.layout, Layout::Fixed) {
-            self.hole_map = None;
             return self
                 .storage
                 .write_all_at(data, offset)
@@ -410,150 +416,6 @@ impl Image {
     /// Takes the parent out of the image (used by commit and by tests).
     pub fn take_parent(&mut self) -> Option<Image> {
         self.parent.take().map(|b| *b)
-    }
-
-    /// The extents of the disk: runs of guest bytes with where they come from.
-    pub fn map(&mut self) -> Result<Vec<Extent>> {
-        let size = self.size();
-        let mut out: Vec<Extent> = Vec::new();
-        self.map_range(0, size, 0, &mut out)?;
-        Ok(out)
-    }
-
-    fn map_range(
-        &mut self,
-        offset: u64,
-        len: u64,
-        depth: usize,
-        out: &mut Vec<Extent>,
-    ) -> Result<()> {
-        let push = |out: &mut Vec<Extent>, e: Extent| {
-            if let Some(last) = out.last_mut() {
-                let contiguous_file = match (last.file_offset, e.file_offset) {
-                    (Some(a), Some(b)) => a + last.length == b,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if last.offset + last.length == e.offset
-                    && last.data == e.data
-                    && last.depth == e.depth
-                    && contiguous_file
-                {
-                    last.length += e.length;
-                    return;
-                }
-            }
-            out.push(e);
-        };
-        match &mut self.layout {
-            // An empty range (a disk of size 0) has no extent, as in a sparse image.
-            Layout::Fixed if len == 0 => Ok(()),
-            Layout::Fixed => {
-                // Holes of the file read as zeros: map them as such, so a
-                // sparse fixed image converts without reading them.
-                let storage = &self.storage;
-                let ranges = self.hole_map.get_or_insert_with(|| {
-                    storage.data_ranges().unwrap_or_else(|| vec![(0, u64::MAX)])
-                });
-                let end = offset + len;
-                let mut pos = offset;
-                let first = ranges.partition_point(|&(o, l)| o + l <= offset);
-                for &(o, l) in ranges.get(first..).unwrap_or_default() {
-                    if o >= end {
-                        break;
-                    }
-                    let (start, stop) = (o.max(offset), (o + l).min(end));
-                    if start > pos {
-                        push(
-                            out,
-                            Extent {
-                                offset: pos,
-                                length: start - pos,
-                                data: false,
-                                depth: None,
-                                file_offset: None,
-                            },
-                        );
-                    }
-                    push(
-                        out,
-                        Extent {
-                            offset: start,
-                            length: stop - start,
-                            data: true,
-                            depth: Some(depth),
-                            file_offset: Some(start),
-                        },
-                    );
-                    pos = stop;
-                }
-                if end > pos {
-                    push(
-                        out,
-                        Extent {
-                            offset: pos,
-                            length: end - pos,
-                            data: false,
-                            depth: None,
-                            file_offset: None,
-                        },
-                    );
-                }
-                Ok(())
-            }
-            Layout::Sparse(sparse) => {
-                let block_size = sparse.block_size;
-                let mut pos = offset;
-                let end = offset + len;
-                while pos < end {
-                    let n = (block_size - pos % block_size).min(end - pos);
-                    for (o, l, s) in sparse.runs(&mut self.storage, pos, n)? {
-                        match s {
-                            Source::File(at) => push(
-                                out,
-                                Extent {
-                                    offset: o,
-                                    length: l,
-                                    data: true,
-                                    depth: Some(depth),
-                                    file_offset: Some(at),
-                                },
-                            ),
-                            Source::Absent => match &mut self.parent {
-                                Some(p) => {
-                                    let mut sub = Vec::new();
-                                    p.map_range(o, l, depth + 1, &mut sub)?;
-                                    for e in sub {
-                                        push(out, e);
-                                    }
-                                }
-                                None if self.footer.disk_type == DiskType::Differencing => {
-                                    return Err(Error::ParentNotFound {
-                                        of: None,
-                                        tried: format!(
-                                            "{} was opened without its parent",
-                                            self.name
-                                        ),
-                                    });
-                                }
-                                None => push(
-                                    out,
-                                    Extent {
-                                        offset: o,
-                                        length: l,
-                                        data: false,
-                                        depth: None,
-                                        file_offset: None,
-                                    },
-                                ),
-                            },
-                        }
-                    }
-                    pos += n;
-                }
-                Ok(())
-            }
-        }
     }
 
     /// A `Read + Write + Seek` view of the guest disk.

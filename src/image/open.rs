@@ -293,7 +293,6 @@ impl OpenOptions {
             parent_source: None,
             writable: self.write,
             findings,
-            hole_map: None,
         })
     }
 }

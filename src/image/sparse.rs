@@ -70,6 +70,9 @@ pub(crate) struct Sparse {
     bitmaps: HashMap<usize, CachedBitmap>,
     /// Most bytes of bitmaps to keep in memory (at least one bitmap).
     cache_limit: u64,
+    /// The last answer of `next_allocated`: from which block it looked,
+    /// and what it found (reset when a block is allocated).
+    pub(crate) next_hint: Option<(usize, Option<usize>)>,
 }
 
 impl Sparse {
@@ -92,6 +95,7 @@ impl Sparse {
             dirty_bat: BTreeSet::new(),
             bitmaps: HashMap::new(),
             cache_limit,
+            next_hint: None,
         }
     }
 
@@ -226,6 +230,7 @@ impl Sparse {
             *slot = sector;
         }
         self.dirty_bat.insert(block);
+        self.next_hint = None;
         let bits = vec![0u8; usize::try_from(self.bitmap_size).unwrap_or(0)];
         self.bitmaps
             .insert(block, CachedBitmap { bits, dirty: true });

@@ -117,36 +117,37 @@ impl Storage for FileStorage {
         self.file.sync_data()
     }
 
-    /// From the file system's hole map (`SEEK_DATA`/`SEEK_HOLE`).
-    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
-        data_ranges(&self.file, self.len().ok()?)
+    /// From the file system's hole map (`SEEK_DATA`/`SEEK_HOLE`), where
+    /// the system has one; else the whole rest of the file.
+    fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        if offset >= len {
+            return Ok(None);
+        }
+        Ok(seek_data(&self.file, offset, len).unwrap_or(Some((offset, len))))
     }
 }
 
+/// `Some(answer)` from `SEEK_DATA`/`SEEK_HOLE`, `None` when the system
+/// cannot say.
 #[cfg(target_os = "linux")]
-fn data_ranges(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+fn seek_data(file: &File, offset: u64, len: u64) -> Option<Option<(u64, u64)>> {
     use rustix::fs::{SeekFrom, seek};
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match seek(file, SeekFrom::Data(pos)) {
-            Ok(d) => d,
-            // ENXIO: no data at or after `pos`.
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(_) => return None,
-        };
-        let hole = seek(file, SeekFrom::Hole(data)).ok()?;
-        if hole <= data {
-            return None;
-        }
-        out.push((data, hole.min(len) - data));
-        pos = hole;
+    let data = match seek(file, SeekFrom::Data(offset)) {
+        Ok(d) => d,
+        // ENXIO: no data at or after `offset`.
+        Err(rustix::io::Errno::NXIO) => return Some(None),
+        Err(_) => return None,
+    };
+    if data >= len {
+        return Some(None);
     }
-    Some(out)
+    let hole = seek(file, SeekFrom::Hole(data)).ok()?;
+    (hole > data).then_some(Some((data, hole.min(len))))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn data_ranges(_file: &File, _len: u64) -> Option<Vec<(u64, u64)>> {
+fn seek_data(_file: &File, _offset: u64, _len: u64) -> Option<Option<(u64, u64)>> {
     None
 }
 

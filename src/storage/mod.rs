@@ -23,11 +23,13 @@ pub trait Storage: Send {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes every completed write durable: the only barrier the driver uses.
     fn sync(&mut self) -> io::Result<()>;
-    /// The byte ranges `(offset, length)`, sorted, that may hold data;
-    /// the rest are holes that read as zeros. `None` (the default) when the
-    /// backend cannot say, which means data may be anywhere.
-    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
-        None
+    /// The next range `(start, end)` at or after `offset` that may hold
+    /// data; what lies between `offset` and `start` is a hole that reads
+    /// as zeros. `None` when only holes follow. The default says "data
+    /// everywhere": the whole rest of the storage.
+    fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        let len = self.len()?;
+        Ok((offset < len).then_some((offset, len)))
     }
 }
 
@@ -47,7 +49,7 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
     }
-    fn data_ranges(&self) -> Option<Vec<(u64, u64)>> {
-        (**self).data_ranges()
+    fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
+        (**self).next_data(offset)
     }
 }
