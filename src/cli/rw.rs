@@ -12,6 +12,8 @@ use super::output::{Failure, write_stdout};
 
 /// Bytes moved per step.
 const BUF: usize = 1024 * 1024;
+/// The unit a kill must never split.
+const SECTOR: u64 = 512;
 
 /// Copy guest bytes of an image to standard output.
 #[derive(Debug, Args)]
@@ -35,8 +37,15 @@ pub struct ReadArgs {
 /// Write standard input into an image at a guest offset, then flush.
 ///
 /// The image is held open for writing (with an exclusive lock) the whole
-/// time. Data that would go past the end of the disk is refused before it
-/// is written.
+/// time. Input is written in pieces that end on sector boundaries, so if
+/// the command is killed, every 512-byte sector of the disk holds either
+/// its old or its new contents, never a mix.
+///
+/// Input that would go past the end of the disk: when standard input is a
+/// regular file, its length is known and the write is refused before
+/// anything is written. From a pipe the length is not known in advance:
+/// the input is written up to the last whole piece that fits, then the
+/// command fails and says how many bytes were written.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example:\n  printf 'hello' | vhd write disk.vhd --offset 1M\n  vhd write disk.vhd < boot.img"
@@ -149,7 +158,11 @@ pub fn write(args: &WriteArgs) -> CmdResult {
     let mut buf = vec![0u8; BUF];
     let mut offset = args.offset;
     loop {
-        let n = fill(&mut stdin, &mut buf)
+        // Each piece ends on a sector boundary of the disk (the first one
+        // is shortened to get there), so a kill between two pieces never
+        // leaves a sector half old and half new.
+        let want = BUF - (offset % SECTOR) as usize;
+        let n = fill(&mut stdin, &mut buf[..want])
             .map_err(|e| Failure::plain(format!("reading standard input: {e}")))?;
         if n == 0 {
             break;

@@ -442,11 +442,7 @@ fn load_sparse(
 
     let used = check_table_entries(&header, footer.current_size)?;
     check_table_place(&header, header_offset, footer_offset)?;
-    let mut raw = vec![0u8; usize::try_from(used * 4).unwrap_or(0)];
-    storage
-        .read_exact_at(&mut raw, header.table_offset)
-        .map_err(|e| Error::io("reading the BAT", e))?;
-    let bat = parse_bat(&raw);
+    let mut bat = read_bat(storage, header.table_offset, used)?;
     let unused = count_unused_allocated(
         storage,
         header.table_offset + used * 4,
@@ -463,10 +459,11 @@ fn load_sparse(
         check_table_clear_of_locators(&header)?;
     }
     let blocks_end = check_blocks(
-        &bat,
+        &mut bat,
         header.bitmap_size() + u64::from(header.block_size),
         &regions,
         footer_offset,
+        &|| read_bat(storage, header.table_offset, used),
     )?;
     // New blocks go where the trailing footer is, past everything else.
     let next_free = regions
@@ -616,25 +613,52 @@ fn metadata_regions(
     regions
 }
 
+/// Reads `count` BAT entries at `offset`, 64 KiB at a time: memory is the
+/// entries themselves and one small buffer.
+pub(crate) fn read_bat(storage: &dyn Storage, offset: u64, count: u64) -> Result<Vec<u32>> {
+    const CHUNK_ENTRIES: u64 = 16 * 1024;
+    let mut bat = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut buf = Vec::new();
+    let mut done = 0;
+    while done < count {
+        let n = CHUNK_ENTRIES.min(count - done);
+        buf.resize(usize::try_from(n * 4).unwrap_or(0), 0);
+        storage
+            .read_exact_at(&mut buf, offset + done * 4)
+            .map_err(|e| Error::io("reading the BAT", e))?;
+        bat.extend(parse_bat(&buf));
+        done += n;
+    }
+    Ok(bat)
+}
+
 /// BAT-ENTRY-BEYOND-EOF and BAT-ENTRY-OVERLAP for every allocated block
 /// (bitmap and data, `span` bytes). Returns where the last block ends.
+///
+/// Memory stays at the BAT itself: blocks allocated in the order of their
+/// index (the common case) are checked in one pass; otherwise the BAT is
+/// sorted in place to find overlaps and then read again (`reread`), so no
+/// second table of the size of the BAT is ever made.
 fn check_blocks(
-    bat: &[u32],
+    bat: &mut Vec<u32>,
     span: u64,
     regions: &[(u64, u64, String)],
     footer_offset: u64,
+    reread: &dyn Fn() -> Result<Vec<u32>>,
 ) -> Result<u64> {
-    let mut blocks: Vec<(u64, u64, u32, u32)> = Vec::new();
+    let block_at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    let mut in_order = true;
+    let mut last: Option<(u64, u32, u32)> = None; // end, block, entry
+    let mut blocks_end = 0;
     for (i, &entry) in bat.iter().enumerate() {
         if entry == UNALLOCATED {
             continue;
         }
-        let block = u32::try_from(i).unwrap_or(u32::MAX);
         let start = u64::from(entry) * SECTOR_SIZE;
         let end = start + span;
         if end > footer_offset {
             return Err(Error::BatEntryBeyondEof {
-                block,
+                block: block_at(i),
                 sector: entry,
                 end,
                 limit: footer_offset,
@@ -642,26 +666,58 @@ fn check_blocks(
         }
         if let Some((_, _, what)) = regions.iter().find(|(rs, re, _)| start < *re && *rs < end) {
             return Err(Error::BatEntryOverlap {
-                block,
+                block: block_at(i),
                 sector: entry,
                 other: what.clone(),
             });
         }
-        blocks.push((start, end, block, entry));
-    }
-    blocks.sort_unstable();
-    for pair in blocks.windows(2) {
-        if let [a, b] = pair
-            && b.0 < a.1
-        {
-            return Err(Error::BatEntryOverlap {
-                block: b.2,
-                sector: b.3,
-                other: format!("block {} at sector {:#x}", a.2, a.3),
-            });
+        blocks_end = blocks_end.max(end);
+        match last {
+            Some((prev_end, prev_block, prev_entry)) if in_order => {
+                if start < prev_end - span {
+                    in_order = false;
+                } else if start < prev_end {
+                    return Err(overlap(block_at(i), entry, prev_block, prev_entry));
+                }
+            }
+            _ => {}
         }
+        last = Some((end, block_at(i), entry));
     }
-    Ok(blocks.last().map_or(0, |last| last.1))
+    if in_order {
+        return Ok(blocks_end);
+    }
+    bat.sort_unstable();
+    let pair = bat
+        .windows(2)
+        .find(|w| {
+            w[1] != UNALLOCATED
+                && u64::from(w[0]) * SECTOR_SIZE + span > u64::from(w[1]) * SECTOR_SIZE
+        })
+        .map(|w| (w[0], w[1]));
+    *bat = reread()?;
+    if let Some((first, second)) = pair {
+        // Name the two blocks: the first index holding each entry (two
+        // different indices when the entries are equal).
+        let a = bat.iter().position(|&e| e == first).unwrap_or(0);
+        let b = bat
+            .iter()
+            .enumerate()
+            .position(|(i, &e)| e == second && i != a)
+            .unwrap_or(0);
+        let (a, b) = (a.min(b), a.max(b));
+        let entry = |i: usize| bat.get(i).copied().unwrap_or(UNALLOCATED);
+        return Err(overlap(block_at(b), entry(b), block_at(a), entry(a)));
+    }
+    Ok(blocks_end)
+}
+
+fn overlap(block: u32, sector: u32, other_block: u32, other_sector: u32) -> Error {
+    Error::BatEntryOverlap {
+        block,
+        sector,
+        other: format!("block {other_block} at sector {other_sector:#x}"),
+    }
 }
 
 /// Counts allocated entries among `count` BAT entries at `offset` (the
