@@ -20,7 +20,7 @@ pub enum Error {
         source: io::Error,
     },
     /// FTR-SIZE.
-    #[error("file is {len} bytes, too small to hold a 512-byte footer (FTR-SIZE)")]
+    #[error("file is {}, too small to hold a 512-byte footer (FTR-SIZE)", count(*.len, "byte", "bytes"))]
     FooterSize {
         /// Length of the file.
         len: u64,
@@ -70,7 +70,7 @@ pub enum Error {
     },
     /// FTR-FIXED-LENGTH.
     #[error(
-        "fixed image is truncated: current size is {current_size} bytes but only {data_len} bytes precede the footer (FTR-FIXED-LENGTH)"
+        "fixed image is truncated: current size is {current_size} bytes but only {} precede the footer (FTR-FIXED-LENGTH)", count(*.data_len, "byte", "bytes")
     )]
     FixedLength {
         /// Guest size from the footer.
@@ -243,7 +243,7 @@ pub enum Error {
         reason: String,
     },
     /// A guest access past the end of the disk.
-    #[error("access of {len} bytes at offset {offset} is beyond the disk size {size}")]
+    #[error("access of {} at offset {offset} is beyond the disk size {size}", count(*.len, "byte", "bytes"))]
     OutOfRange {
         /// Start of the access.
         offset: u64,
@@ -399,6 +399,15 @@ fn parent_invalid_text(parent: &str, of: Option<&str>, cause: &Error) -> String 
 /// `; tried: ...` when there is a list.
 fn tried_list(tried: Option<&str>) -> String {
     tried.map_or_else(String::new, |t| format!("; tried: {t}"))
+}
+
+/// `1 block`, `2 blocks`: a count with its noun in the right number.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -8,18 +8,18 @@
 //! dynamic output, and raw and fixed outputs (made with `set_len`, sparse
 //! files where the system allows) get holes where the disk reads zeros.
 //!
-//! The output is written under a temporary name beside OUT and renamed to
-//! OUT only when complete and synced: an interrupted or failed convert
-//! leaves no half-written OUT, and with --force the old OUT survives a
-//! failure.
+//! The output has no name while it is written (`O_TMPFILE` on Linux; a
+//! hidden temporary name elsewhere) and is linked in as OUT only when
+//! complete and synced: an interrupted, failed or killed convert leaves no
+//! half-written OUT and no temporary file, and with --force the old OUT
+//! survives a failure and is replaced in one step.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
 use crate::format::SECTOR_SIZE;
-use crate::image::file_open_error;
-use crate::storage::{FileStorage, OpenError, Storage};
+use crate::storage::{FileStorage, OpenError, PendingFile, Storage};
 use crate::{CreateOptions, DiskType, Image};
 
 use super::CmdResult;
@@ -116,16 +116,20 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
     }
     let mut disk = Disk::open(input, args.from, args.parent.open_options())?;
     let size = disk.size();
-    if size == 0 {
-        return Err(Failure::new(input, "is empty; there is no disk to convert"));
+    if size == 0 && args.to != Target::Raw {
+        return Err(Failure::new(
+            input,
+            "is a disk of 0 bytes; a VHD holds at least one sector (--to raw makes an empty file)",
+        ));
     }
     check_output(output, input, &disk, args.force)?;
     let out_size = match args.to {
         Target::Raw => size,
         Target::Fixed | Target::Dynamic => size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE,
     };
-    let temp = temp_path(output);
-    let mut sink = create_sink(&temp, output, args, out_size)?;
+    let (pending, storage) =
+        PendingFile::create(output).map_err(|e| Failure::io(output, "creating the output", &e))?;
+    let mut sink = create_sink(storage, output, args, out_size)?;
     let result = copy(&mut disk, input, &mut sink, output, size, out_size);
     let result = result.and_then(|written| {
         let blocks = match &sink {
@@ -137,8 +141,9 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
             Sink::Vhd(img) => format!("{} VHD", img.disk_type().name()),
         };
         sink.finish(output)?;
-        std::fs::rename(&temp, output)
-            .map_err(|e| Failure::io(output, "renaming the finished output into place", &e))?;
+        pending
+            .persist(args.force)
+            .map_err(|e| Failure::io(output, "giving the finished output its name", &e))?;
         Ok((written, blocks, out_kind))
     });
     match result {
@@ -162,21 +167,10 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
             print(&t.render(""))?;
             Ok(0)
         }
-        Err(failure) => {
-            // The temporary file is ours (created above) and incomplete.
-            let _ = std::fs::remove_file(&temp);
-            Err(failure)
-        }
+        // The unfinished output has no name (or its temporary name is
+        // removed when `pending` is dropped).
+        Err(failure) => Err(failure),
     }
-}
-
-/// The temporary name the output is written under: hidden, beside OUT (so
-/// the final rename stays on one file system), unique to this process.
-fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    output.with_file_name(format!(".{name}.vhd-convert-{}.tmp", std::process::id()))
 }
 
 /// Refuses an existing output unless forced; with force, refuses the
@@ -219,32 +213,34 @@ fn check_output(output: &Path, input: &Path, disk: &Disk, force: bool) -> Result
     Ok(())
 }
 
-/// Creates the output at `path`; messages name `output`.
-fn create_sink(path: &Path, output: &Path, args: &ConvertArgs, size: u64) -> Result<Sink, Failure> {
-    let image = |options: CreateOptions| {
+/// Makes the output in `storage` (a new, empty file); messages name `output`.
+fn create_sink(
+    mut storage: FileStorage,
+    output: &Path,
+    args: &ConvertArgs,
+    size: u64,
+) -> Result<Sink, Failure> {
+    let name = output.display().to_string();
+    let image = |options: CreateOptions, storage: FileStorage| {
         options
-            .create(path)
+            .create_in(Box::new(storage), name.clone(), None)
             .map(|img| Sink::Vhd(Box::new(img)))
             .map_err(|e| Failure::image(output, &e))
     };
     match args.to {
         Target::Raw => {
-            let mut s = FileStorage::create_new(path)
-                .map_err(|e| Failure::image(output, &file_open_error(path, e)))?;
-            if let Err(e) = s.set_len(size) {
-                drop(s);
-                let _ = std::fs::remove_file(path);
-                return Err(Failure::io(output, "setting the file length", &e));
-            }
-            Ok(Sink::Raw(s))
+            storage
+                .set_len(size)
+                .map_err(|e| Failure::io(output, "setting the file length", &e))?;
+            Ok(Sink::Raw(storage))
         }
-        Target::Fixed => image(CreateOptions::new(DiskType::Fixed, size)),
+        Target::Fixed => image(CreateOptions::new(DiskType::Fixed, size), storage),
         Target::Dynamic => {
             let mut options = CreateOptions::new(DiskType::Dynamic, size);
             if let Some(bs) = args.block_size {
                 options = options.block_size(bs);
             }
-            image(options)
+            image(options, storage)
         }
     }
 }

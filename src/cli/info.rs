@@ -14,6 +14,7 @@ use crate::{ErrorKind, Finding, Image, ParentSource};
 use super::CmdResult;
 use super::args::{Output, ParentArgs};
 use super::output::{Failure, Table, columns, escape, human_size, print, print_json, short_size};
+use crate::error::count;
 
 /// Show what an image is: type, sizes, geometry, creator, unique ID,
 /// blocks, warnings and the parent chain.
@@ -202,9 +203,17 @@ fn geometry_text(image: &Image) -> String {
         std::cmp::Ordering::Less if size / SECTOR_SIZE > MAX_CHS_SECTORS => {
             "the most a geometry can describe; the size comes from the current size".to_string()
         }
-        std::cmp::Ordering::Less => format!("{} bytes less than the current size", size - capacity),
+        std::cmp::Ordering::Less => {
+            format!(
+                "{} less than the current size",
+                count(size - capacity, "byte", "bytes")
+            )
+        }
         std::cmp::Ordering::Greater => {
-            format!("{} bytes more than the current size", capacity - size)
+            format!(
+                "{} more than the current size",
+                count(capacity - size, "byte", "bytes")
+            )
         }
     };
     format!(

@@ -9,6 +9,7 @@ use clap::Args;
 use super::CmdResult;
 use super::args::{ParentArgs, parse_size};
 use super::output::{Failure, write_stdout};
+use crate::error::count;
 
 /// Bytes moved per step.
 const BUF: usize = 1024 * 1024;
@@ -80,7 +81,8 @@ pub fn read(args: &ReadArgs) -> CmdResult {
         return Err(Failure::new(
             path,
             format!(
-                "{length} bytes at offset {} go past the end of the disk ({size} bytes)",
+                "{} at offset {} go past the end of the disk ({size} bytes)",
+                count(length, "byte", "bytes"),
                 args.offset
             ),
         ));
@@ -141,7 +143,8 @@ pub fn write(args: &WriteArgs) -> CmdResult {
         Failure::new(
             path,
             format!(
-                "{len} bytes of input at offset {offset} would go past the end of the disk ({size} bytes); nothing written there"
+                "{} of input at offset {offset} would go past the end of the disk ({size} bytes); nothing written there",
+                count(len, "byte", "bytes")
             ),
         )
     };
@@ -173,8 +176,9 @@ pub fn write(args: &WriteArgs) -> CmdResult {
             img.close().map_err(|e| Failure::image(path, &e))?;
             return Err(Failure {
                 message: format!(
-                    "{} ({written} bytes before it were written)",
-                    failure.message
+                    "{} ({} written before it)",
+                    failure.message,
+                    count(written, "byte", "bytes")
                 ),
                 ..failure
             });
@@ -185,8 +189,8 @@ pub fn write(args: &WriteArgs) -> CmdResult {
     }
     img.close().map_err(|e| Failure::image(path, &e))?;
     super::output::print(&format!(
-        "wrote {} bytes to {} at offset {}\n",
-        offset - args.offset,
+        "wrote {} to {} at offset {}\n",
+        count(offset - args.offset, "byte", "bytes"),
         super::output::escape(&path.display().to_string()),
         args.offset
     ))?;

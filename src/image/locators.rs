@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 
+use crate::error::count;
 use crate::format::locator::{MAX_LOCATOR_DATA, decode_locator};
 use crate::format::{DynHeader, Platform, SECTOR_SIZE};
 use crate::rules::{Finding, Rule};
@@ -98,7 +99,8 @@ pub(crate) fn decode(
             out.findings.push(Finding::new(
                 Rule::ParLocatorBounds,
                 format!(
-                    "parent locator {i} ({name}) has {len} bytes at offset {offset:#x}, not inside the file or over 64 KiB"
+                    "parent locator {i} ({name}) has {} at offset {offset:#x}, not inside the file or over 64 KiB",
+                    count(u64::from(len), "byte", "bytes")
                 ),
             ));
             out.skipped

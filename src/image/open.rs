@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, count};
 use crate::format::bat::{UNALLOCATED, bat_size_on_disk, parse_bat};
 use crate::format::{
     DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, MAX_BLOCKS, SECTOR_SIZE,
@@ -263,8 +263,8 @@ impl OpenOptions {
                     findings.push(Finding::new(
                         Rule::FtrFixedSlack,
                         format!(
-                            "{} bytes lie between the end of the data ({}) and the footer",
-                            data_len - footer.current_size,
+                            "{} between the end of the data ({}) and the footer",
+                            count(data_len - footer.current_size, "byte lies", "bytes lie"),
                             footer.current_size
                         ),
                     ));
@@ -451,7 +451,11 @@ fn load_sparse(
     if unused > 0 {
         findings.push(Finding::new(
             Rule::BatEntryUnused,
-            format!("{unused} BAT entries past the end of the disk ({used} blocks) are allocated"),
+            format!(
+                "{} past the end of the disk ({}) allocated",
+                count(unused, "BAT entry is", "BAT entries are"),
+                count(used, "block", "blocks")
+            ),
         ));
     }
     let regions = metadata_regions(&header, header_offset, footer.disk_type, footer_offset);
@@ -514,7 +518,8 @@ fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
         return Err(Error::MaxTableEntries {
             entries: header.max_table_entries,
             reason: format!(
-                "current size {current_size} needs {used} blocks of {block_size} bytes"
+                "current size {current_size} needs {} of {block_size} bytes",
+                count(used, "block", "blocks")
             ),
         });
     }
@@ -532,8 +537,8 @@ fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64)
         return Err(Error::TableOffset {
             offset: table_offset,
             reason: format!(
-                "a table of {} entries ({table_bytes} bytes) does not fit between the footer copy and the trailing footer at {footer_offset:#x}",
-                header.max_table_entries
+                "a table of {} ({table_bytes} bytes) does not fit between the footer copy and the trailing footer at {footer_offset:#x}",
+                count(u64::from(header.max_table_entries), "entry", "entries")
             ),
         });
     }

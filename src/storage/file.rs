@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Storage;
 
@@ -87,6 +87,169 @@ impl FileStorage {
     /// Whether the file was opened for writing.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+}
+
+/// A file being made at a path, which gets its name only when it is
+/// complete: a maker that is killed or fails leaves nothing behind.
+///
+/// Where the system allows (Linux, `O_TMPFILE`), the file has no name at
+/// all while it is written and is linked in by [`PendingFile::persist`].
+/// Elsewhere it is written under a hidden temporary name beside the target
+/// and renamed; that name is removed on failure (and on drop), but a kill
+/// can leave it.
+#[derive(Debug)]
+pub struct PendingFile {
+    target: PathBuf,
+    /// The hidden temporary name, when the file has one.
+    temp: Option<PathBuf>,
+    /// A second handle to the file, to name it when done.
+    handle: File,
+    persisted: bool,
+}
+
+impl PendingFile {
+    /// Starts a new file that will be named `target`, in the same
+    /// directory, and returns it (exclusively locked) for writing.
+    pub fn create(target: &Path) -> io::Result<(PendingFile, FileStorage)> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let (file, temp) = match unnamed_file(&dir)? {
+            Some(file) => (file, None),
+            None => {
+                let temp = temp_name(target);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp)?;
+                (file, Some(temp))
+            }
+        };
+        let handle = file.try_clone()?;
+        let storage = FileStorage::lock(file, true).map_err(|e| match e {
+            OpenError::Io(e) => e,
+            OpenError::Locked(_) => io::Error::other("a new file is locked by someone else"),
+        })?;
+        Ok((
+            PendingFile {
+                target: target.to_path_buf(),
+                temp,
+                handle,
+                persisted: false,
+            },
+            storage,
+        ))
+    }
+
+    /// Gives the complete file its name (the caller has synced it). With
+    /// `replace`, an existing file of that name is replaced atomically;
+    /// without, an existing file makes this fail. The directory is synced
+    /// after, so the name is durable too.
+    pub fn persist(mut self, replace: bool) -> io::Result<()> {
+        match self.temp.take() {
+            Some(temp) => {
+                if !replace && self.target.symlink_metadata().is_ok() {
+                    self.temp = Some(temp);
+                    return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+                }
+                std::fs::rename(&temp, &self.target)?;
+            }
+            None if replace && self.target.symlink_metadata().is_ok() => {
+                // A link cannot replace a file: link under a temporary
+                // name, then rename over the old file in one step.
+                let temp = temp_name(&self.target);
+                link_unnamed(&self.handle, &temp)?;
+                if let Err(e) = std::fs::rename(&temp, &self.target) {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(e);
+                }
+            }
+            None => link_unnamed(&self.handle, &self.target)?,
+        }
+        self.persisted = true;
+        sync_dir(self.target.parent())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.persisted
+            && let Some(temp) = &self.temp
+        {
+            // Ours, made by `create`, and incomplete.
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+/// A hidden name beside `target`, unique to this process.
+fn temp_name(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    target.with_file_name(format!(".{name}.vhd-tmp-{}", std::process::id()))
+}
+
+/// A new file without a name in `dir`; `None` where the system or the file
+/// system cannot make one.
+#[cfg(target_os = "linux")]
+fn unnamed_file(dir: &Path) -> io::Result<Option<File>> {
+    use rustix::fs::{CWD, Mode, OFlags, openat};
+    match openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        // Not supported by this file system or kernel.
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unnamed_file(_dir: &Path) -> io::Result<Option<File>> {
+    Ok(None)
+}
+
+/// Gives an unnamed file (from [`unnamed_file`]) the name `path`.
+#[cfg(target_os = "linux")]
+fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(CWD, proc_path.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW).or_else(|_| {
+        // Without /proc: link the descriptor itself (needs a capability
+        // on older kernels).
+        linkat(file, "", CWD, path, AtFlags::EMPTY_PATH).map_err(io::Error::from)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_file: &File, _path: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Syncs a directory, so a new or renamed entry in it is durable.
+fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
     }
 }
 

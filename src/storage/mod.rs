@@ -5,7 +5,7 @@
 mod file;
 mod memory;
 
-pub use file::{FileStorage, LockMode, OpenError};
+pub use file::{FileStorage, LockMode, OpenError, PendingFile};
 pub use memory::MemStorage;
 
 use std::io;
