@@ -180,7 +180,7 @@ fn run_kills(kind: Kind) {
     // First the moment that tore sectors before: right after exactly one
     // MiB of input has arrived (a piece boundary counted from OFFSET), with
     // time for the tool to write it; then random moments.
-    for round in 0..16 {
+    for round in 0..16u64 {
         reset(pristine.path(), work.path());
         let mut child = start_writer(work.path());
         let pieces: Vec<usize> = if round < 4 {
@@ -191,7 +191,7 @@ fn run_kills(kind: Kind) {
         let (sent, feeder) = feed(&mut child, new.clone(), pieces, Duration::from_millis(40));
         if round < 4 {
             let _ = sent.recv_timeout(Duration::from_secs(10));
-            std::thread::sleep(Duration::from_millis(20 + 5 * round as u64));
+            std::thread::sleep(Duration::from_millis(20 + 5 * round));
         } else {
             std::thread::sleep(Duration::from_millis(next(120)));
         }

@@ -116,17 +116,16 @@ impl PendingFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let (file, temp) = match unnamed_file(&dir)? {
-            Some(file) => (file, None),
-            None => {
-                let temp = temp_name(target);
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&temp)?;
-                (file, Some(temp))
-            }
+        let (file, temp) = if let Some(file) = unnamed_file(&dir)? {
+            (file, None)
+        } else {
+            let temp = temp_name(target);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            (file, Some(temp))
         };
         let handle = file.try_clone()?;
         let storage = FileStorage::lock(file, true).map_err(|e| match e {
@@ -287,31 +286,36 @@ impl Storage for FileStorage {
         if offset >= len {
             return Ok(None);
         }
+        // When the system cannot say, everything may be data.
         Ok(seek_data(&self.file, offset, len).unwrap_or(Some((offset, len))))
     }
 }
 
-/// `Some(answer)` from `SEEK_DATA`/`SEEK_HOLE`, `None` when the system
-/// cannot say.
+/// The answer of `SEEK_DATA`/`SEEK_HOLE`; an error when the system cannot
+/// say.
 #[cfg(target_os = "linux")]
-fn seek_data(file: &File, offset: u64, len: u64) -> Option<Option<(u64, u64)>> {
+fn seek_data(file: &File, offset: u64, len: u64) -> io::Result<Option<(u64, u64)>> {
     use rustix::fs::{SeekFrom, seek};
     let data = match seek(file, SeekFrom::Data(offset)) {
         Ok(d) => d,
         // ENXIO: no data at or after `offset`.
-        Err(rustix::io::Errno::NXIO) => return Some(None),
-        Err(_) => return None,
+        Err(rustix::io::Errno::NXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     if data >= len {
-        return Some(None);
+        return Ok(None);
     }
-    let hole = seek(file, SeekFrom::Hole(data)).ok()?;
-    (hole > data).then_some(Some((data, hole.min(len))))
+    let hole = seek(file, SeekFrom::Hole(data))?;
+    if hole > data {
+        Ok(Some((data, hole.min(len))))
+    } else {
+        Err(io::Error::other("SEEK_HOLE went backwards"))
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn seek_data(_file: &File, _offset: u64, _len: u64) -> Option<Option<(u64, u64)>> {
-    None
+fn seek_data(_file: &File, _offset: u64, _len: u64) -> io::Result<Option<(u64, u64)>> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 #[cfg(unix)]
