@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod convert;
 pub mod error;
 pub mod format;
 pub mod image;

@@ -1,10 +1,9 @@
 //! `vhd convert`: any VHD (chain resolved) or raw file to a raw file or a
 //! fixed or dynamic VHD, sparse-aware.
 //!
-//! The copy goes in chunks of 2 MiB (or one output block, if larger),
-//! aligned to the output's blocks. A chunk the input's map says holds no
-//! data is not read; of what is read, only the 64 KiB pieces that are not
-//! all zeros are written. So unallocated input stays unallocated in a
+//! The copy is the library's (`crate::convert::copy`): chunks aligned to
+//! the output's blocks, stretches without data skipped, only pieces that
+//! are not all zeros written. So unallocated input stays unallocated in a
 //! dynamic output, and raw and fixed outputs (made with `set_len`, sparse
 //! files where the system allows) get holes where the disk reads zeros.
 //!
@@ -18,19 +17,15 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
+use crate::convert::{self, RawSink, Side};
 use crate::format::SECTOR_SIZE;
 use crate::storage::{FileStorage, OpenError, PendingFile, Storage};
 use crate::{CreateOptions, DiskType, Image};
 
 use super::CmdResult;
 use super::args::{ParentArgs, parse_block_size};
-use super::input::{Disk, Format, is_zero};
+use super::input::{Disk, Format};
 use super::output::{Failure, Table, human_size, print, progress, warn};
-
-/// Bytes read per step (at least; a larger output block is one step).
-const CHUNK: u64 = 2 * 1024 * 1024;
-/// The unit in which zeros are skipped when writing.
-const PIECE: usize = 64 * 1024;
 
 /// Convert a disk image: any VHD (fixed, dynamic, or differencing with its
 /// parents) or a raw file, to a raw file or a fixed or dynamic VHD.
@@ -81,25 +76,21 @@ pub enum Target {
 
 /// Where converted bytes go.
 enum Sink {
-    Raw(FileStorage),
+    Raw(RawSink),
     Vhd(Box<Image>),
 }
 
 impl Sink {
-    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), Failure> {
+    fn as_sink(&mut self) -> &mut dyn convert::Sink {
         match self {
-            Sink::Raw(s) => s
-                .write_all_at(data, offset)
-                .map_err(|e| Failure::io(path, &format!("writing at offset {offset}"), &e)),
-            Sink::Vhd(img) => img
-                .write_at(offset, data)
-                .map_err(|e| Failure::image(path, &e)),
+            Sink::Raw(s) => s,
+            Sink::Vhd(img) => &mut **img,
         }
     }
 
     fn finish(self, path: &Path) -> Result<(), Failure> {
         match self {
-            Sink::Raw(mut s) => s.sync().map_err(|e| Failure::io(path, "syncing", &e)),
+            Sink::Raw(s) => s.finish().map(drop).map_err(|e| Failure::image(path, &e)),
             Sink::Vhd(img) => img.close().map_err(|e| Failure::image(path, &e)),
         }
     }
@@ -130,7 +121,14 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
     let (pending, storage) =
         PendingFile::create(output).map_err(|e| Failure::io(output, "creating the output", &e))?;
     let mut sink = create_sink(storage, output, args, out_size)?;
-    let result = copy(&mut disk, input, &mut sink, output, size, out_size);
+    let bar = progress(out_size, "converting");
+    let result = convert::copy(disk.source(), sink.as_sink(), out_size, &mut |n| bar.inc(n))
+        .map(|stats| stats.written)
+        .map_err(|e| match e.side {
+            Side::Source => Failure::image(input, &e.error),
+            Side::Sink => Failure::image(output, &e.error),
+        });
+    bar.finish_and_clear();
     let result = result.and_then(|written| {
         let blocks = match &sink {
             Sink::Vhd(img) => img.block_counts(),
@@ -232,7 +230,7 @@ fn create_sink(
             storage
                 .set_len(size)
                 .map_err(|e| Failure::io(output, "setting the file length", &e))?;
-            Ok(Sink::Raw(storage))
+            Ok(Sink::Raw(RawSink::new(Box::new(storage), name)))
         }
         Target::Fixed => image(CreateOptions::new(DiskType::Fixed, size), storage),
         Target::Dynamic => {
@@ -243,75 +241,4 @@ fn create_sink(
             image(options, storage)
         }
     }
-}
-
-/// Copies the disk; returns the bytes written.
-fn copy(
-    disk: &mut Disk,
-    input: &Path,
-    sink: &mut Sink,
-    output: &Path,
-    size: u64,
-    out_size: u64,
-) -> Result<u64, Failure> {
-    let chunk = match sink {
-        Sink::Vhd(img) => img
-            .block_size()
-            .map_or(CHUNK, |bs| CHUNK.max(u64::from(bs))),
-        Sink::Raw(_) => CHUNK,
-    };
-    let bar = progress(out_size, "converting");
-    let mut buf = vec![0u8; usize::try_from(chunk).unwrap_or(usize::MAX)];
-    let mut written = 0u64;
-    let mut offset = 0u64;
-    while offset < out_size {
-        // Jump over stretches with no data, staying chunk-aligned.
-        let next = disk
-            .next_data(input, offset)?
-            .map_or(out_size, |d| d - d % chunk);
-        if next > offset {
-            let skip = next.min(out_size) - offset;
-            bar.inc(skip);
-            offset += skip;
-            continue;
-        }
-        let n = chunk.min(out_size - offset) as usize;
-        let readable = (size.saturating_sub(offset)).min(n as u64) as usize;
-        let data = &mut buf[..n];
-        let any = disk.read_sparse(input, offset, &mut data[..readable])?;
-        data[readable..].fill(0);
-        if any {
-            written += write_nonzero(sink, output, offset, data)?;
-        }
-        offset += n as u64;
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
-    Ok(written)
-}
-
-/// Writes the pieces of `data` that are not all zeros, joining neighbours
-/// into one write; returns the bytes written.
-fn write_nonzero(sink: &mut Sink, output: &Path, offset: u64, data: &[u8]) -> Result<u64, Failure> {
-    let mut written = 0u64;
-    let mut run: Option<usize> = None;
-    let mut pos = 0usize;
-    while pos <= data.len() {
-        let end = (pos + PIECE).min(data.len());
-        let nonzero = pos < data.len() && !is_zero(&data[pos..end]);
-        match (nonzero, run) {
-            (true, None) => run = Some(pos),
-            (false, Some(start)) => {
-                sink.write_at(output, offset + start as u64, &data[start..pos])?;
-                written += (pos - start) as u64;
-                run = None;
-            }
-            _ => {}
-        }
-        if pos == data.len() {
-            break;
-        }
-        pos = end;
-    }
-    Ok(written)
 }

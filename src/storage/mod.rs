@@ -2,9 +2,11 @@
 //! only moves bytes. All I/O of the driver goes through [`Storage`], so a
 //! fault-injecting backend can stand in for crash tests.
 
+mod fault;
 mod file;
 mod memory;
 
+pub use fault::{Fault, FaultStorage, Mutation, Op};
 pub use file::{FileStorage, LockMode, OpenError, PendingFile};
 pub use memory::MemStorage;
 
