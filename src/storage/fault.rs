@@ -3,11 +3,12 @@
 //! the I/O-error and retry tests and the fuzz targets.
 //!
 //! It keeps two versions of the bytes: what a reader of the file sees now
-//! (every write applied, like the page cache) and what is durable (the
-//! bytes as of the last sync that succeeded). Between the two lie the
-//! pending changes, any subset of which a power loss may have kept; a
-//! failed sync makes nothing durable, as on Linux where the kernel may
-//! then drop the dirty pages without saying which.
+//! (every write applied, like the page cache) and what is durable. A sync
+//! that succeeds makes the changes since the last sync durable; between
+//! syncs lie the pending changes, any subset of which a power loss may
+//! keep. A sync that fails makes nothing durable and drops the pending
+//! changes from the write-back for good, as Linux does with the dirty
+//! pages of a failed `fsync`: a later sync succeeds without them.
 //!
 //! Faults are planned per kind of operation: "the third write fails with
 //! `ENOSPC`", "the first sync fails with `EIO`", "the fifth write is torn
@@ -228,7 +229,8 @@ impl FaultStorage {
         self.state().bytes.clone()
     }
 
-    /// The bytes as of the last sync that succeeded.
+    /// The bytes that survive a power loss now, with none of the pending
+    /// changes: those of every sync that succeeded.
     pub fn durable(&self) -> Vec<u8> {
         self.state().durable.clone()
     }
@@ -344,21 +346,29 @@ impl Storage for FaultStorage {
         }
         let fault = s.fault_for(Op::Sync);
         s.count(Op::Sync);
-        match fault {
+        let error = match fault {
             None => {
                 s.log.push(Mutation::Sync);
-                let State { bytes, durable, .. } = &mut *s;
-                durable.clone_from(bytes);
-                s.pending.clear();
-                Ok(())
+                let State {
+                    durable, pending, ..
+                } = &mut *s;
+                for m in pending.drain(..) {
+                    m.apply(durable);
+                }
+                return Ok(());
             }
-            Some(Fault::NoSpace) => Err(enospc()),
-            Some(Fault::Eio | Fault::Tear { .. }) => Err(eio()),
+            Some(Fault::NoSpace) => enospc(),
+            Some(Fault::Eio | Fault::Tear { .. }) => eio(),
             Some(Fault::Stop) => {
                 s.stopped = true;
-                Err(stopped())
+                return Err(stopped());
             }
-        }
+        };
+        // As on Linux: the pages the failed sync was writing are dropped
+        // from the write-back (they still read back until evicted), so a
+        // later sync that succeeds does not make them durable.
+        s.pending.clear();
+        Err(error)
     }
 }
 
@@ -383,10 +393,14 @@ mod tests {
         s.write_all_at(b"a", 0).unwrap();
         s.sync().unwrap();
         s.write_all_at(b"b", 1).unwrap();
+        assert_eq!(s.pending().len(), 1);
         assert!(s.sync().is_err());
         assert_eq!(s.durable(), b"a");
-        assert_eq!(s.pending().len(), 1);
         assert_eq!(s.bytes(), b"ab");
+        // The write the failed sync dropped never becomes durable.
+        s.write_all_at(b"c", 2).unwrap();
+        s.sync().unwrap();
+        assert_eq!(s.durable(), b"a\0c");
     }
 
     #[test]
