@@ -1,44 +1,10 @@
 //! Commit merges a differencing child into its parent; an interrupted
 //! commit, run again, completes with the right result.
 
-use std::io;
-use std::sync::{Arc, Mutex};
-
-use vhdref::storage::{MemStorage, Storage};
+use vhdref::storage::{Fault, FaultStorage, MemStorage, Op, Storage};
 use vhdref::{CreateOptions, DiskType, Image, OpenOptions};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A storage that fails every write after a budget of successful ones,
-/// as if the process died mid-commit (the writes before stay).
-#[derive(Clone)]
-struct FailAfter {
-    inner: MemStorage,
-    writes_left: Arc<Mutex<usize>>,
-}
-
-impl Storage for FailAfter {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut left = self.writes_left.lock().unwrap();
-        if *left == 0 {
-            return Err(io::Error::other("injected failure"));
-        }
-        *left -= 1;
-        self.inner.write_all_at(buf, offset)
-    }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -140,14 +106,15 @@ fn commit_makes_the_parent_read_like_the_chain_and_leaves_the_child_unchanged() 
 #[test]
 fn interrupted_commit_completes_when_run_again() {
     for parent_type in [DiskType::Fixed, DiskType::Dynamic] {
-        let mut cut = 0;
+        let mut cut = 0u64;
         loop {
             let (parent_mem, child_mem, expected) = chain(parent_type);
-            let failing = FailAfter {
-                inner: parent_mem.clone(),
-                writes_left: Arc::new(Mutex::new(cut)),
-            };
-            let first = commit(Box::new(failing), &child_mem);
+            // The process dies at the write after `cut` writes: that write
+            // and everything after it never happen.
+            let failing = FaultStorage::from_bytes(parent_mem.to_vec());
+            failing.plan(Op::Write, cut, Fault::Stop);
+            let first = commit(Box::new(failing.clone()), &child_mem);
+            let parent_mem = MemStorage::from_bytes(failing.bytes());
             // Whatever the cut left, the parent opens and a second commit
             // finishes the job.
             let second = commit(Box::new(parent_mem.clone()), &child_mem);
