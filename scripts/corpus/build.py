@@ -195,7 +195,6 @@ class Image:
         self.finished = True
         foot = self.footer.pack()
         if self.disk_type == FIXED:
-            self.file.write(self.current_size, bytes(0))
             self.file.length = max(self.file.length, self.current_size)
         else:
             self.file.write(0, foot if copy_footer is None else copy_footer)

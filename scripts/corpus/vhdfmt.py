@@ -219,6 +219,8 @@ class SparseFile:
 
     def write(self, off, data):
         data = bytes(data)
+        if not data:
+            return
         end = off + len(data)
         self.length = max(self.length, end)
         pos = off
