@@ -310,8 +310,8 @@ def d2v_dynamic(ctx, c):
     put(img, ctx, "d", 0, 2)
     put(img, ctx, "d", 3 * 4096 + 100, 10)
     single(c, img)
-    c.peer_notes = ("qemu 10 sizes by current_size only for creator 'd2v ' (with a space); "
-                    "for 'd2v\\0' it uses CHS and reads a shorter disk.")
+    c.peer_notes = ("libvhdi's documentation lists the creator as 'd2v\\0', qemu's source "
+                    "table as 'd2v '; both spellings are in the corpus.")
 
 
 @case("d2v")
@@ -329,7 +329,6 @@ def vbox_fixed(ctx, c):
     img = fixed(ctx, "vbox", c.name, 160 * KIB)
     put(img, ctx, "x", 0, 3)
     single(c, img)
-    c.peer_notes = "qemu sizes 'vbox' by CHS (not in its current_size list) and reads a shorter disk."
 
 
 @case("vbox")
@@ -339,7 +338,6 @@ def vbox_dynamic(ctx, c):
     put(img, ctx, "x", 4096 * 2 + 5, 3)
     put(img, ctx, "x", 0, 1)
     single(c, img)
-    c.peer_notes = "qemu sizes 'vbox' by CHS and reads a shorter disk."
 
 
 @case("vbox")

@@ -36,6 +36,14 @@ def child(ctx, name, parent, locs=("W2ru",), tag="c", block_size=4 * KIB, write=
     return img
 
 
+def child_work(img, ctx, tag="c"):
+    """The standard child workload (see child())."""
+    spb = img.block_size // SECTOR
+    put(img, ctx, tag, 5 * spb, 3)
+    put(img, ctx, tag, 4)
+    put(img, ctx, tag, 6)
+
+
 def base(ctx, name="base.vhd", **kw):
     img = gen_dyn(ctx, name, **kw)
     img.finish()
@@ -114,9 +122,10 @@ def chain_w2ku_w2ru(ctx, c):
     """A child with an absolute W2ku path that exists nowhere and a W2ru that
     works: W2ru is followed (it comes first in the resolution order)."""
     b = base(ctx)
-    ch = child(ctx, "child.vhd", b, locs=())
+    ch = child(ctx, "child.vhd", b, locs=(), write=False)
     ch.locator(0, b"W2ku", "/nonexistent/vhdref-corpus/base.vhd")
     ch.locator(1, b"W2ru", ".\\base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch, b])
     c.parent_source = {"via": "locator", "platform": "W2ru"}
@@ -127,9 +136,10 @@ def chain_wi2r_wi2k(ctx, c):
     """A child with the deprecated pair: Wi2k (an absolute C:\\ path) and
     Wi2r (relative, UTF-8). Wi2r is followed."""
     b = base(ctx)
-    ch = child(ctx, "child.vhd", b, locs=())
+    ch = child(ctx, "child.vhd", b, locs=(), write=False)
     ch.locator(0, b"Wi2k", "C:\\VMs\\base.vhd")
     ch.locator(1, b"Wi2r", ".\\base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch, b])
     c.parent_source = {"via": "locator", "platform": "Wi2r"}
@@ -140,9 +150,10 @@ def chain_macx(ctx, c):
     """A child whose only path locator is MacX 'file://./base.vhd' (next to
     a Mac alias record, which no reader decodes). MacX is followed."""
     b = base(ctx)
-    ch = child(ctx, "child.vhd", b, locs=())
+    ch = child(ctx, "child.vhd", b, locs=(), write=False)
     ch.locator(0, b"Mac ", data=b"\0\0\x01\x02alias record" + bytes(40))
     ch.locator(1, b"MacX", "file://./base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch, b])
     c.parent_source = {"via": "locator", "platform": "MacX"}
@@ -152,8 +163,9 @@ def chain_macx(ctx, c):
 def chain_subdir(ctx, c):
     """A child whose W2ru points into a subdirectory: '.\\parents\\base.vhd'."""
     b = base(ctx, name="parents/base.vhd")
-    ch = child(ctx, "child.vhd", b, locs=())
+    ch = child(ctx, "child.vhd", b, locs=(), write=False)
     ch.locator(0, b"W2ru", ".\\parents\\base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     c.files["%s/parents/base.vhd" % c.name] = b.file
     c.files["%s/child.vhd" % c.name] = ch.file
@@ -206,8 +218,9 @@ def w_PAR_LOCATOR_MISSING_name_only(ctx, c):
 def w_PAR_LOCATOR_MISSING_mac_alias(ctx, c):
     """A child whose only locator is a Mac alias record (no path): found by name."""
     b = base(ctx)
-    ch = child(ctx, "child.vhd", b, locs=())
+    ch = child(ctx, "child.vhd", b, locs=(), write=False)
     ch.locator(0, b"Mac ", data=b"\0\0\x01\x02alias record" + bytes(40))
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch, b])
     c.parent_source = {"via": "name"}
@@ -247,14 +260,13 @@ def w_PAR_NAME(ctx, c):
     c.parent_source = {"via": "locator", "platform": "W2ru"}
 
 
-def bad_locator_case(ctx, c, bad, followed="W2ru"):
+def bad_locator_case(ctx, c, bad, followed="W2ru", block_size=4 * KIB):
     """A child with a working W2ru in slot 1 and `bad(child)` filling slot 0."""
     b = base(ctx)
-    ch = child(ctx, "child.vhd", b, locs=(), write=False)
+    ch = child(ctx, "child.vhd", b, locs=(), write=False, block_size=block_size)
     bad(ch)
     ch.locator(1, b"W2ru", ".\\base.vhd")
-    spb = ch.block_size // SECTOR
-    put(ch, ctx, "c", 5 * spb, 2)
+    put(ch, ctx, "c", 40, 2)
     put(ch, ctx, "c", 7)
     ch.finish()
     chain(c, [ch, b])
@@ -281,12 +293,14 @@ def w_PAR_LOCATOR_BOUNDS_empty(ctx, c):
 
 @case("generator", ["PAR-LOCATOR-BOUNDS"])
 def w_PAR_LOCATOR_BOUNDS_over_64k(ctx, c):
-    """Locator 0 (W2ku) holds 70008 bytes of (valid UTF-16) path, over the 64 KiB bound."""
+    """Locator 0 (W2ku) holds 70008 bytes of (valid UTF-16) path, over the
+    64 KiB bound. The child has 2 MiB blocks, so those bytes are less than a
+    block span whether or not a checker counts them as referenced."""
     def bad(ch):
         text = "C:\\" + "d\\" * 17498 + "b.vhd"
         ch.locator(0, b"W2ku", text)
         assert ch.header.locators[0].length > 65536
-    bad_locator_case(ctx, c, bad)
+    bad_locator_case(ctx, c, bad, block_size=2 * MIB)
 
 
 @case("generator", ["PAR-LOCATOR-BOUNDS", "PAR-LOCATOR-OVERLAP"])

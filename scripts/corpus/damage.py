@@ -356,7 +356,7 @@ def w_GEO_ALGORITHM_wrong(ctx, c):
     img = generic(ctx, c.name, 64 * KIB, geometry_override=(2, 4, 17))
     put(img, ctx, "g", 3)
     single(c, img)
-    c.peer_notes = "creator 'cgen' is not in qemu's list: qemu reads 2*4*17 sectors."
+    c.peer_notes = "qemu would read 2*4*17 sectors for the creators 'vpc ' and 'qemu'."
 
 
 @case("generator", ["GEO-ALGORITHM"])
