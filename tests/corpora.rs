@@ -4,6 +4,7 @@
 //! `invalid` fails to open with the listed rule.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use serde_json::Value;
@@ -32,8 +33,10 @@ fn contents_sha256(img: &mut Image) -> String {
     hasher
         .finalize()
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 #[test]
