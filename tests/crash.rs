@@ -308,25 +308,10 @@ fn apply(img: &mut Image, disk: &mut Disk, step: &Step) {
     }
 }
 
-/// Makes the image, writes `prepare` and flushes (the old state; if
-/// `prepare` ends with lost writes, the session is killed after them
-/// instead and the image reopened), then records `sequence` (which is
-/// made to end with a flush).
-fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
-    record_with_cache(setup, prepare, sequence, None)
-}
-
-/// [`record`], with the image reopened before `sequence` with a bitmap
-/// cache of `cache` bytes (so the sequence evicts, writing metadata in the
-/// middle of it).
-fn record_with_cache(
-    setup: &Setup,
-    prepare: &[Step],
-    sequence: &[Step],
-    cache: Option<u64>,
-) -> Recorded {
-    let storage = RecordingStorage::default();
-    let (mut img, mut disk, parent) = match setup {
+/// Makes the image of `setup` on `storage`: the image, the model of its
+/// disk, and the parent's storage for a differencing image.
+fn make(setup: &Setup, storage: &RecordingStorage) -> (Image, Disk, Option<MemStorage>) {
+    match setup {
         Setup::Dynamic { size, block_size } => {
             let img = CreateOptions::new(DiskType::Dynamic, *size)
                 .block_size(*block_size)
@@ -361,7 +346,28 @@ fn record_with_cache(
             disk.push_child();
             (img, disk, Some(parent_mem))
         }
-    };
+    }
+}
+
+/// Makes the image, writes `prepare` and flushes (the old state; if
+/// `prepare` ends with lost writes, the session is killed after them
+/// instead and the image reopened), then records `sequence` (which is
+/// made to end with a flush).
+fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
+    record_with_cache(setup, prepare, sequence, None)
+}
+
+/// [`record`], with the image reopened before `sequence` with a bitmap
+/// cache of `cache` bytes (so the sequence evicts, writing metadata in the
+/// middle of it).
+fn record_with_cache(
+    setup: &Setup,
+    prepare: &[Step],
+    sequence: &[Step],
+    cache: Option<u64>,
+) -> Recorded {
+    let storage = RecordingStorage::default();
+    let (mut img, mut disk, parent) = make(setup, &storage);
     let first_lost = prepare
         .iter()
         .position(|s| matches!(s, Step::Lost(..)))
