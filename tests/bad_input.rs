@@ -292,11 +292,9 @@ fn cases() -> Vec<Case> {
                 .max_table_entries(u32::MAX),
             "HDR-MAX-TABLE-ENTRIES",
         ),
-        error(
-            "current size near u64::MAX",
-            dynamic().current_size(u64::MAX - 511),
-            "HDR-MAX-TABLE-ENTRIES",
-        ),
+        // A current size near u64::MAX (2^48 blocks) is in
+        // `a_huge_max_table_entries_is_refused_by_its_rule_without_allocating_the_table`:
+        // an open that allocated its table would abort this process.
         error(
             "table offset beyond the end of the file",
             dynamic().table_offset(1 << 40),
@@ -665,4 +663,216 @@ proptest! {
         }
         prop_assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     }
+}
+
+// ------------------------------------------------------- limits held
+
+/// The path `text` as `W2ru`/`W2ku` locator data (UTF-16LE), padded with
+/// NULs (which readers drop) to `len` bytes.
+fn utf16_padded(text: &str, len: usize) -> Vec<u8> {
+    let mut data: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    assert!(data.len() <= len);
+    data.resize(len, 0);
+    data
+}
+
+#[test]
+fn a_locator_of_64_kib_is_read_and_one_of_more_is_skipped_even_inside_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = VhdBuilder::fixed(1024 * KIB).data(&pattern(1024 * 1024, 4));
+    std::fs::write(dir.path().join("parent.vhd"), parent.build()).unwrap();
+    // The long locator first, a good absolute one after it, no name.
+    let child = |len: usize| {
+        VhdBuilder::differencing(1024 * KIB)
+            .block_size(BLOCK)
+            .parent_id(parent.id())
+            .parent_time_stamp(parent.stamp())
+            .locator_bytes(
+                Platform::W2ru,
+                &utf16_padded(".\\parent.vhd", len),
+                DataSpace::Bytes,
+            )
+            .locator(
+                Platform::W2ku,
+                &dir.path().join("parent.vhd").display().to_string(),
+                DataSpace::Bytes,
+            )
+            .block(3, Bits::All, &pattern(BLOCK as usize, 9))
+    };
+    let limit = 64 * 1024;
+    for (len, warnings, used) in [
+        (limit, vec![], "W2ru"),
+        (limit + 2, vec!["PAR-LOCATOR-BOUNDS"], "W2ku"),
+    ] {
+        let b = child(len);
+        let (bytes, layout) = b.build_with_layout();
+        // The long locator's data lies wholly inside the file: only its
+        // length can make it out of bounds.
+        assert!(layout.locators[0] + len as u64 <= layout.footer_offset);
+        let path = dir.path().join(format!("child-{len}.vhd"));
+        std::fs::write(&path, &bytes).unwrap();
+        let mut img = Image::open(&path).unwrap_or_else(|e| panic!("{len}: {e}"));
+        let found: Vec<&str> = img.findings().iter().map(|f| f.rule.id()).collect();
+        assert_eq!(found, warnings, "a locator of {len} bytes");
+        match img.parent_source() {
+            Some(vhdref::image::ParentSource::Locator { platform, .. }) => {
+                assert_eq!(platform, used, "a locator of {len} bytes");
+            }
+            other => panic!("a locator of {len} bytes: parent found through {other:?}"),
+        }
+        let mut buf = vec![0u8; img.size() as usize];
+        img.read_at(0, &mut buf).unwrap();
+        assert!(buf == b.expected(&parent.expected(&[])), "{len}");
+    }
+}
+
+#[test]
+fn a_parent_smaller_or_larger_than_the_child_is_refused() {
+    let child_size = 1024 * KIB;
+    for parent_size in [
+        child_size / 2,
+        child_size - 512,
+        child_size + 512,
+        child_size * 2,
+    ] {
+        let parent = VhdBuilder::fixed(parent_size).data(&pattern(parent_size as usize, 5));
+        let child = VhdBuilder::differencing(child_size)
+            .block_size(BLOCK)
+            .parent_id(parent.id())
+            .parent_time_stamp(parent.stamp())
+            .block(0, Bits::All, &pattern(BLOCK as usize, 6));
+        let err = OpenOptions::new()
+            .parent_image(open_mem(&parent.build()).expect("the parent opens"))
+            .open_storage(Box::new(MemStorage::from_bytes(child.build())), "child")
+            .expect_err("a parent of another size");
+        assert_eq!(
+            err.rule().map(vhdref::Rule::id),
+            Some("PAR-SIZE"),
+            "a parent of {parent_size} bytes: {err}"
+        );
+    }
+}
+
+/// Set in the child process of
+/// [`a_huge_max_table_entries_is_refused_by_its_rule_without_allocating_the_table`].
+const UNDER_ADDRESS_LIMIT: &str = "VHDREF_TEST_UNDER_ADDRESS_LIMIT";
+
+/// Address space of that child process: ample for the test, far too
+/// little for a BAT of 2^32 entries (16 GiB) or of 2^48 (1 PiB).
+const ADDRESS_LIMIT_KIB: u64 = 1 << 20;
+
+/// A read-only file of `len` bytes holding `parts` and zeros elsewhere,
+/// without the memory: room for a huge table costs nothing.
+struct HoleyFile {
+    len: u64,
+    parts: Vec<(u64, Vec<u8>)>,
+}
+
+impl vhdref::storage::Storage for HoleyFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.fill(0);
+        for (at, bytes) in &self.parts {
+            let (from, to) = (offset.max(*at), end.min(at + bytes.len() as u64));
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all_at(&mut self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+
+    fn set_len(&mut self, _: u64) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The checks, run in the child process under the address-space limit.
+fn huge_tables_are_refused_by_their_rule() {
+    // A disk of 2^32 - 1 blocks of 512 bytes with a table of as many
+    // entries, in a file (of 16 GiB) that holds the whole table: only the
+    // bound on blocks refuses it.
+    let entries = u64::from(u32::MAX);
+    let small = dynamic()
+        .header_block_size(512)
+        .current_size(entries * 512)
+        .max_table_entries(u32::MAX)
+        .build();
+    let table_end = builder::BAT_OFFSET + entries * 4;
+    let len = table_end.next_multiple_of(512) + 512;
+    let file = HoleyFile {
+        len,
+        parts: vec![
+            (0, small[..builder::BAT_OFFSET as usize].to_vec()),
+            (len - 512, small[small.len() - 512..].to_vec()),
+        ],
+    };
+    // A disk of 2^48 blocks whose header claims no entries at all.
+    let near_max = dynamic().current_size(u64::MAX - 511).build();
+    for (what, storage) in [
+        (
+            "2^32 - 1 blocks, all in the table",
+            Box::new(file) as Box<dyn vhdref::storage::Storage>,
+        ),
+        (
+            "2^48 blocks, none in the table",
+            Box::new(MemStorage::from_bytes(near_max)),
+        ),
+    ] {
+        let err = OpenOptions::new()
+            .open_storage(storage, "huge.vhd")
+            .expect_err(what);
+        assert_eq!(
+            err.rule().map(vhdref::Rule::id),
+            Some("HDR-MAX-TABLE-ENTRIES"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_huge_max_table_entries_is_refused_by_its_rule_without_allocating_the_table() {
+    const NAME: &str =
+        "a_huge_max_table_entries_is_refused_by_its_rule_without_allocating_the_table";
+    if std::env::var_os(UNDER_ADDRESS_LIMIT).is_some() {
+        huge_tables_are_refused_by_their_rule();
+        return;
+    }
+    // This test again, in a child process whose address space is limited:
+    // an open that tried to allocate the table would abort there, and the
+    // abort fails this assertion instead of taking the whole test binary
+    // down (or, without the limit, swapping a machine to death).
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {ADDRESS_LIMIT_KIB} && exec \"$0\" \"$@\""
+        ))
+        .arg(&exe)
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(UNDER_ADDRESS_LIMIT, "1")
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the checks under a {ADDRESS_LIMIT_KIB} KiB address-space limit ended with {}:\n{stdout}\n{stderr}",
+        out.status
+    );
 }

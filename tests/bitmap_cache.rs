@@ -90,7 +90,7 @@ fn a_differencing_child_with_a_one_bitmap_cache_reads_as_the_model() {
         .create_in(Box::new(parent_mem.clone()), "p.vhd", None)
         .expect("create parent");
     let mut model = Disk::new(size);
-    let mut rng = Rng(0xC0FFEE);
+    let mut rng = Rng(0x00C0_FFEE);
     exercise(&mut parent, &mut model, &mut rng, 40);
     parent.close().expect("close parent");
     let parent_bytes = parent_mem.to_vec();

@@ -8,6 +8,13 @@
 //! twice) a value in between. A cut after the last sync reads exactly the
 //! new contents.
 //!
+//! Old contents are never what the file holds under a sector by chance:
+//! file space that the driver never wrote holds stale bytes (not zeros),
+//! and the old state has sectors whose bits are clear over data that a
+//! killed session wrote and never recorded. So a bitmap or BAT entry that
+//! reaches the file before what it describes shows in a dynamic image too,
+//! not only in a differencing one (where the parent's data differs).
+//!
 //! One recorded run gives every cut: the image after a crash after
 //! operation k is the bytes before the sequence with the first k logged
 //! operations applied, because what the driver does up to operation k does
@@ -41,6 +48,7 @@ impl Mutation {
     fn apply(&self, bytes: &mut Vec<u8>) {
         match self {
             Mutation::Write { offset, data } => write_into(bytes, *offset, data),
+            // Truncating or extending a file: the new space reads as zeros.
             Mutation::SetLen(len) => bytes.resize(*len as usize, 0),
             Mutation::Sync => {}
         }
@@ -80,13 +88,28 @@ impl Mutation {
     }
 }
 
+/// Writes `data` at `offset`. A write that starts past the end of the
+/// file leaves the gap holding [`stale`] bytes, not zeros: space the driver
+/// never wrote may hold anything (a VHD on a logical volume, as Xen keeps
+/// them, or newly allocated blocks of a file system after a power loss),
+/// so only what the driver wrote may ever read as guest data.
 fn write_into(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let start = offset as usize;
     let end = start + data.len();
+    if bytes.len() < start {
+        let gap = bytes.len() as u64..offset;
+        bytes.extend(gap.map(stale));
+    }
     if bytes.len() < end {
         bytes.resize(end, 0);
     }
     bytes[start..end].copy_from_slice(data);
+}
+
+/// What the unwritten file byte at `offset` holds: never zero, and
+/// varying inside every sector, so it equals no sector the tests write.
+fn stale(offset: u64) -> u8 {
+    (offset.wrapping_mul(0x9E37_79B9) >> 13) as u8 | 0x01
 }
 
 /// The bytes of an image file and the log of every mutation made to them.
@@ -171,14 +194,26 @@ impl Storage for RecordingStorage {
 enum Step {
     Write(u64, Vec<u8>),
     Flush,
+    /// A write by a session that is then killed before it flushes (only at
+    /// the end of a `prepare`, into sectors of allocated blocks whose bits
+    /// are clear): its data reaches the file, nothing records it, and the
+    /// guest still reads the old contents there. The file then holds bytes
+    /// that are neither those old contents nor zeros.
+    Lost(u64, Vec<u8>),
 }
 
 fn write(offset: u64, len: u64, byte: u8) -> Step {
-    // Vary the bytes inside the run so a sector from the wrong place shows.
-    Step::Write(
-        offset,
-        (0..len).map(|i| byte ^ (i / SECTOR) as u8).collect(),
-    )
+    Step::Write(offset, bytes(len, byte))
+}
+
+fn lost(offset: u64, len: u64, byte: u8) -> Step {
+    Step::Lost(offset, bytes(len, byte))
+}
+
+/// `len` bytes from `byte`, varied per sector so a sector read from the
+/// wrong place shows.
+fn bytes(len: u64, byte: u8) -> Vec<u8> {
+    (0..len).map(|i| byte ^ (i / SECTOR) as u8).collect()
 }
 
 /// What a guest sector may read after a cut: every value it held during
@@ -267,26 +302,16 @@ fn apply(img: &mut Image, disk: &mut Disk, step: &Step) {
             disk.write(*offset, data);
         }
         Step::Flush => img.flush().expect("flush"),
+        Step::Lost(offset, data) => {
+            img.write_at(*offset, data).expect("write");
+        }
     }
 }
 
-/// Makes the image, writes `prepare` and flushes (the old state), then
-/// records `sequence` (which is made to end with a flush).
-fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
-    record_with_cache(setup, prepare, sequence, None)
-}
-
-/// [`record`], with the image reopened before `sequence` with a bitmap
-/// cache of `cache` bytes (so the sequence evicts, writing metadata in the
-/// middle of it).
-fn record_with_cache(
-    setup: &Setup,
-    prepare: &[Step],
-    sequence: &[Step],
-    cache: Option<u64>,
-) -> Recorded {
-    let storage = RecordingStorage::default();
-    let (mut img, mut disk, parent) = match setup {
+/// Makes the image of `setup` on `storage`: the image, the model of its
+/// disk, and the parent's storage for a differencing image.
+fn make(setup: &Setup, storage: &RecordingStorage) -> (Image, Disk, Option<MemStorage>) {
+    match setup {
         Setup::Dynamic { size, block_size } => {
             let img = CreateOptions::new(DiskType::Dynamic, *size)
                 .block_size(*block_size)
@@ -321,21 +346,82 @@ fn record_with_cache(
             disk.push_child();
             (img, disk, Some(parent_mem))
         }
-    };
+    }
+}
+
+/// Makes the image, writes `prepare` and flushes (the old state; if
+/// `prepare` ends with lost writes, the session is killed after them
+/// instead and the image reopened), then records `sequence` (which is
+/// made to end with a flush).
+fn record(setup: &Setup, prepare: &[Step], sequence: &[Step]) -> Recorded {
+    record_with_cache(setup, prepare, sequence, None)
+}
+
+/// [`record`], with the image reopened before `sequence` with a bitmap
+/// cache of `cache` bytes (so the sequence evicts, writing metadata in the
+/// middle of it).
+fn record_with_cache(
+    setup: &Setup,
+    prepare: &[Step],
+    sequence: &[Step],
+    cache: Option<u64>,
+) -> Recorded {
+    let storage = RecordingStorage::default();
+    let (mut img, mut disk, parent) = make(setup, &storage);
+    let first_lost = prepare
+        .iter()
+        .position(|s| matches!(s, Step::Lost(..)))
+        .unwrap_or(prepare.len());
+    assert!(
+        prepare[first_lost..]
+            .iter()
+            .all(|s| matches!(s, Step::Lost(..))),
+        "lost writes end a prepare"
+    );
     for step in prepare {
         apply(&mut img, &mut disk, step);
     }
-    img.flush().expect("flush");
-    if let Some(bytes) = cache {
-        drop(img);
-        let mut options = OpenOptions::new().write(true).bitmap_cache_bytes(bytes);
+    let reopen = || {
+        let mut options = OpenOptions::new().write(true);
+        if let Some(bytes) = cache {
+            options = options.bitmap_cache_bytes(bytes);
+        }
         if let Some(p) = &parent {
             options = options.parent_image(open_parent(p));
         }
-        img = options
+        options
             .open_storage(Box::new(storage.clone()), "crash.vhd")
-            .expect("reopen with a small cache");
-    }
+            .expect("reopen")
+    };
+    let mut img = if first_lost < prepare.len() {
+        // Killed: no flush, no drop (which would flush).
+        std::mem::forget(img);
+        let log = storage.log_since(0);
+        for step in &prepare[first_lost..] {
+            assert!(
+                log.iter().any(
+                    |m| matches!((m, step), (Mutation::Write { data, .. }, Step::Lost(_, lost)) if data == lost)
+                ),
+                "a lost write did not reach the file"
+            );
+        }
+        reopen()
+    } else {
+        img.flush().expect("flush");
+        if cache.is_some() {
+            drop(img);
+            reopen()
+        } else {
+            img
+        }
+    };
+    // What the lost writes left in the file is not part of the disk.
+    let mut old = vec![0u8; disk.size() as usize];
+    img.read_at(0, &mut old).expect("read the old state");
+    let want: Vec<u8> = (0..disk.size() / SECTOR)
+        .flat_map(|n| disk.sector(n))
+        .collect();
+    assert!(old == want, "the old state does not read as the model");
     let parent_before = parent.as_ref().map(MemStorage::to_vec);
     let start = storage.ops();
     let before = storage.bytes();
@@ -568,22 +654,29 @@ fn subsets(n: usize) -> Vec<u64> {
 
 // ---------------------------------------------------------------- tests
 
-/// Old state: parts of blocks 0 and 2 written. The sequence rewrites
-/// sectors already present, fills sectors of an allocated block whose bits
-/// are clear, allocates new blocks (one the partial last block), writes
-/// unaligned and across block boundaries, writes a sector twice, and
-/// flushes in the middle and at the end.
+/// Old state: parts of blocks 0 and 2 written and flushed, then a killed
+/// session's lost writes into sectors of both blocks whose bits are
+/// clear: the file there holds data the guest never sees (and the rest of
+/// every block's data area holds stale bytes, see [`write_into`]), so no
+/// sector's old contents equal what the file holds under it. The sequence
+/// rewrites sectors already present, fills sectors whose bits are clear
+/// (over the lost data, unaligned), allocates new blocks (one the partial
+/// last block), writes across block boundaries, writes a sector twice,
+/// and flushes in the middle and at the end.
 fn mixed_sequence(size: u64) -> (Vec<Step>, Vec<Step>) {
     let b = u64::from(BLOCK);
     let prepare = vec![
         write(0, 8 * KIB, 0x11),
         write(2 * b + 4 * KIB, 3 * KIB, 0x22),
+        Step::Flush,
+        lost(64 * KIB, 16 * KIB, 0x5A), // block 0, bits clear
+        lost(2 * b, 4 * KIB, 0x5B),     // block 2, bits clear
     ];
     let sequence = vec![
         write(SECTOR, 2 * SECTOR, 0x31),          // rewrite, aligned
-        write(64 * KIB + 100, 1000, 0x32),        // block 0, bits clear, unaligned
+        write(64 * KIB + 100, 1000, 0x32),        // block 0, bits clear, lost data, unaligned
         write(b - 700, 1500, 0x33),               // across blocks 0 -> 1 (new)
-        write(2 * b - 3 * SECTOR, 8 * KIB, 0x34), // new block 1 -> old block 2
+        write(2 * b - 3 * SECTOR, 8 * KIB, 0x34), // new block 1 -> old block 2 (over lost data)
         write(size - 1000, 1000, 0x35),           // the last (partial) block
         Step::Flush,
         write(b + 10, 20, 0x36), // inside a sector written above

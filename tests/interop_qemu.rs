@@ -495,3 +495,58 @@ fn qemu_reads_our_differencing_child_as_a_lone_dynamic_disk() {
     let theirs = std::fs::read(&out).expect("read qemu output");
     assert_same_bytes(&theirs, &lone, "qemu-img convert of our child");
 }
+
+/// `tests/snapshots/qemu_img_chs_rule.txt` records what qemu-img writes for
+/// requests on each side of every switch of the geometry algorithm, and
+/// `tests/snapshots.rs` holds vhdref's chs rule to it. Run qemu-img again
+/// on every request, so the record cannot drift from what qemu-img does
+/// (nor be rewritten from vhdref's output).
+#[test]
+fn qemu_img_still_writes_what_the_chs_rule_fixture_says() {
+    let _serial = common::one_at_a_time();
+    if !peer_available(Peer::QemuImg) {
+        return;
+    }
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/qemu_img_chs_rule.txt"
+    );
+    let text = std::fs::read_to_string(fixture).expect("the fixture");
+    let dir = temp_dir();
+    let image = dir.path().join("chs.vhd");
+    let mut lines = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let request = line.split_whitespace().next().expect("a request");
+        std::fs::remove_file(&image).ok();
+        run_ok(&mut cmd(
+            "qemu-img",
+            [
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "vpc".as_ref(),
+                "-o".as_ref(),
+                "subformat=dynamic".as_ref(),
+                image.as_os_str(),
+                request.as_ref(),
+            ],
+        ));
+        let bytes = std::fs::read(&image).expect("qemu-img wrote the image");
+        let footer = &bytes[..512];
+        let be64 = |at: usize| u64::from_be_bytes(footer[at..at + 8].try_into().expect("8"));
+        let written = format!(
+            "{request} {} {} {} {} {}",
+            be64(48),
+            be64(40),
+            u16::from_be_bytes([footer[56], footer[57]]),
+            footer[58],
+            footer[59]
+        );
+        assert_eq!(written, line, "qemu-img create ... {request}");
+        lines += 1;
+    }
+    assert!(lines > 100, "only {lines} requests in {fixture}");
+}

@@ -6,6 +6,9 @@
 // quickcheck hands every generated value to a law by value.
 #![allow(clippy::needless_pass_by_value)]
 
+#[path = "builder/mod.rs"]
+mod builder;
+
 use std::collections::BTreeSet;
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
@@ -612,12 +615,185 @@ fn below_a_switch_of_the_algorithm_the_chs_rule_keeps_the_geometry_it_found() {
 }
 
 #[test]
+fn the_chs_rule_finds_the_same_geometry_again_for_the_size_it_rounded_to() {
+    // What lets GEO-ALGORITHM recognize a rounded footer (spec/errata.md 2).
+    fn law(r: Request) -> bool {
+        let Some((size, geometry)) = chs_rounded(r.0) else {
+            return false;
+        };
+        chs_rounded(size) == Some((size, geometry))
+    }
+    check(law as fn(Request) -> bool);
+    for t in around_every_switch(600) {
+        if let Some((size, geometry)) = chs_rounded(t * SECTOR_SIZE) {
+            assert_eq!(chs_rounded(size), Some((size, geometry)), "{t} sectors");
+        } else {
+            assert!(t > MAX_CHS_SECTORS, "{t} sectors");
+        }
+    }
+}
+
+#[test]
 fn chs_rounded_size_refuses_what_no_geometry_describes() {
     assert_eq!(
         chs_rounded_size(MAX_CHS_SECTORS * SECTOR_SIZE),
         Some(MAX_CHS_SECTORS * SECTOR_SIZE)
     );
     assert_eq!(chs_rounded_size(MAX_CHS_SECTORS * SECTOR_SIZE + 1), None);
+}
+
+// ------------------------------------------- geometry around every switch
+
+/// Every sector count within `window` sectors of a switch of the
+/// algorithm (`builder::chs_switches`), capped a window past the CHS
+/// maximum.
+fn around_every_switch(window: u64) -> BTreeSet<u64> {
+    builder::chs_switches()
+        .into_iter()
+        .flat_map(|switch| switch.saturating_sub(window)..=switch + window)
+        .collect()
+}
+
+fn builder_geometry(total_sectors: u64) -> Geometry {
+    let (cylinders, heads, sectors_per_track) = builder::chs(total_sectors);
+    Geometry {
+        cylinders,
+        heads,
+        sectors_per_track,
+    }
+}
+
+#[test]
+fn geometry_equals_the_independent_transcription_at_every_size_around_every_switch() {
+    // Two cylinders of the largest geometry (2 x 16 x 255 sectors) on each
+    // side of each switch, every sector count.
+    let sizes = around_every_switch(2 * 16 * 255);
+    assert!(sizes.len() > 100_000, "{} sizes", sizes.len());
+    for t in sizes {
+        assert_eq!(
+            Geometry::from_total_sectors(t),
+            builder_geometry(t),
+            "{t} sectors"
+        );
+    }
+}
+
+#[test]
+fn the_chs_rule_equals_qemus_search_at_every_size_around_every_switch() {
+    for t in around_every_switch(600) {
+        let request = t * SECTOR_SIZE;
+        let want = builder::chs_round_up(request).map(|(size, g)| {
+            (
+                size,
+                Geometry {
+                    cylinders: g.0,
+                    heads: g.1,
+                    sectors_per_track: g.2,
+                },
+            )
+        });
+        assert_eq!(chs_rounded(request), want, "a request of {t} sectors");
+    }
+}
+
+#[test]
+fn a_248_mib_disk_gets_63_sectors_per_track_and_one_sector_less_gets_31() {
+    // The 31 -> 63 switch: 248 MiB is 31 x 16 x 1024 sectors.
+    let at = Geometry::for_size(248 << 20);
+    assert_eq!(
+        (at.cylinders, at.heads, at.sectors_per_track),
+        (503, 16, 63)
+    );
+    let below = Geometry::from_total_sectors((248 << 11) - 1);
+    assert_eq!(
+        (below.cylinders, below.heads, below.sectors_per_track),
+        (1023, 16, 31)
+    );
+}
+
+/// A footer's size and geometry for the GEO-ALGORITHM law: the
+/// algorithm's geometry, the one CHS rounding finds near a switch, a
+/// geometry that describes the size exactly but is neither, or any.
+#[derive(Debug, Clone)]
+struct GeoCase {
+    footer: Footer,
+}
+
+impl Arbitrary for GeoCase {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let mut footer = ArbFooter::arbitrary(g).0;
+        let random_geometry = |g: &mut Gen| Geometry {
+            cylinders: 1 + (u16::arbitrary(g) % u16::MAX),
+            heads: 1 + (u8::arbitrary(g) % 16),
+            sectors_per_track: 1 + (u8::arbitrary(g) % u8::MAX),
+        };
+        match below(g, 4) {
+            0 => footer.disk_geometry = builder_geometry(footer.current_size / SECTOR_SIZE),
+            1 => {
+                let switches = builder::chs_switches();
+                let near = pick(g, &switches) + below(g, 1200) - 600;
+                let (size, (c, h, s)) =
+                    builder::chs_round_up(near * SECTOR_SIZE).unwrap_or((0, (0, 0, 0)));
+                footer.current_size = size;
+                footer.disk_geometry = Geometry {
+                    cylinders: c,
+                    heads: h,
+                    sectors_per_track: s,
+                };
+            }
+            2 => {
+                footer.disk_geometry = random_geometry(g);
+                footer.current_size = footer.disk_geometry.capacity();
+            }
+            _ => footer.disk_geometry = random_geometry(g),
+        }
+        GeoCase { footer }
+    }
+}
+
+fn warns_geo_algorithm(footer: &Footer) -> bool {
+    footer.lint().iter().any(|f| f.rule == Rule::GeoAlgorithm)
+}
+
+#[test]
+fn geo_algorithm_accepts_exactly_the_algorithms_geometry_and_the_one_chs_rounding_finds() {
+    fn law(case: GeoCase) -> bool {
+        let f = &case.footer;
+        let (c, h, s) = (
+            f.disk_geometry.cylinders,
+            f.disk_geometry.heads,
+            f.disk_geometry.sectors_per_track,
+        );
+        let algorithm = builder::chs(f.current_size / SECTOR_SIZE) == (c, h, s);
+        let rounding = builder::chs_round_up(f.current_size) == Some((f.current_size, (c, h, s)));
+        let accepted = algorithm || rounding;
+        warns_geo_algorithm(f) != accepted
+    }
+    check(law as fn(GeoCase) -> bool);
+}
+
+#[test]
+fn geo_algorithm_warns_about_a_geometry_that_only_has_the_right_capacity() {
+    // 100 x 16 x 63 sectors: the algorithm gives 988/6/17 (24 sectors
+    // short), and no CHS rounding finds 100/16/63.
+    let mut footer = ArbFooter::arbitrary(&mut Gen::new(8)).0;
+    footer.disk_geometry = Geometry {
+        cylinders: 100,
+        heads: 16,
+        sectors_per_track: 63,
+    };
+    footer.current_size = footer.disk_geometry.capacity();
+    assert!(warns_geo_algorithm(&footer));
+    // What qemu-img writes for a request just below a switch is accepted.
+    let (size, (c, h, s)) = builder::chs_round_up(35_617_280).expect("small");
+    footer.current_size = size;
+    footer.disk_geometry = Geometry {
+        cylinders: c,
+        heads: h,
+        sectors_per_track: s,
+    };
+    assert_eq!((size, c, h, s), (35_642_880, 819, 5, 17));
+    assert!(!warns_geo_algorithm(&footer));
 }
 
 // ------------------------------------------------------------ BAT mapping

@@ -2,12 +2,18 @@
 //! flushes, reopens, new children and commits, run on images in memory and
 //! on `vhdref::model::Disk`; every read must agree. Failures shrink to a
 //! minimal sequence (proptest prints it).
+//!
+//! Chains are a state machine (`proptest-state-machine`): the reference is
+//! the model disk with its layers, each step is drawn from those the
+//! current chain allows (a commit needs a parent, children stop at a depth
+//! of 6), and shrinking keeps every sequence valid.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use uuid::Uuid;
 use vhdref::format::bat::serialize_bat;
 use vhdref::format::dyn_header::{DynHeader, HEADER_VERSION};
@@ -215,38 +221,131 @@ enum ChainOp {
     CommitTop,
 }
 
-fn chain_op() -> impl Strategy<Value = ChainOp> {
-    prop_oneof![
-        6 => (span(), fill()).prop_map(|(s, f)| ChainOp::Write(s, f)),
-        3 => span().prop_map(ChainOp::Read),
-        1 => Just(ChainOp::Flush),
-        1 => Just(ChainOp::Reopen),
-        1 => block_size().prop_map(ChainOp::PushChild),
-        1 => Just(ChainOp::CommitTop),
-    ]
-}
+/// The deepest chain the state machine builds (the base and 5 children).
+const MAX_DEPTH: usize = 6;
 
-/// A chain to build before the ops: for each child over the base, the
-/// writes done to the image below before the child is made.
+/// What a chain should hold: the reference state of the state machine.
 #[derive(Debug, Clone)]
-struct ChainSetup {
+struct ChainModel {
     base: BaseSpec,
-    children: Vec<(Vec<(Span, Fill)>, u32)>,
-    top_writes: Vec<(Span, Fill)>,
+    /// The disk, one layer per image.
+    disk: Disk,
+    /// The block size of the top image (where spans near block edges go).
+    top_block_size: u32,
 }
 
-fn chain_setup() -> impl Strategy<Value = ChainSetup> {
-    let writes = || proptest::collection::vec((span(), fill()), 0..4);
-    (
-        base_spec(),
-        proptest::collection::vec((writes(), block_size()), 0..=3),
-        writes(),
-    )
-        .prop_map(|(base, children, top_writes)| ChainSetup {
-            base,
-            children,
-            top_writes,
-        })
+/// The chain as a state machine over [`ChainModel`].
+struct ChainMachine;
+
+impl ReferenceStateMachine for ChainMachine {
+    type State = ChainModel;
+    type Transition = ChainOp;
+
+    fn init_state() -> BoxedStrategy<ChainModel> {
+        base_spec()
+            .prop_map(|base| ChainModel {
+                base,
+                disk: Disk::new(base.size),
+                top_block_size: base.block_size,
+            })
+            .boxed()
+    }
+
+    fn transitions(state: &ChainModel) -> BoxedStrategy<ChainOp> {
+        let mut steps: Vec<(u32, BoxedStrategy<ChainOp>)> = vec![
+            (
+                6,
+                (span(), fill())
+                    .prop_map(|(s, f)| ChainOp::Write(s, f))
+                    .boxed(),
+            ),
+            (3, span().prop_map(ChainOp::Read).boxed()),
+            (1, Just(ChainOp::Flush).boxed()),
+            (1, Just(ChainOp::Reopen).boxed()),
+        ];
+        if state.disk.depth() < MAX_DEPTH {
+            steps.push((2, block_size().prop_map(ChainOp::PushChild).boxed()));
+        }
+        if state.disk.depth() > 1 {
+            steps.push((1, Just(ChainOp::CommitTop).boxed()));
+        }
+        proptest::strategy::Union::new_weighted(steps).boxed()
+    }
+
+    fn preconditions(state: &ChainModel, op: &ChainOp) -> bool {
+        match op {
+            ChainOp::PushChild(_) => state.disk.depth() < MAX_DEPTH,
+            ChainOp::CommitTop => state.disk.depth() > 1,
+            _ => true,
+        }
+    }
+
+    fn apply(mut state: ChainModel, op: &ChainOp) -> ChainModel {
+        match *op {
+            ChainOp::Write(span, fill) => {
+                let (offset, len) = span.resolve(state.base.size, u64::from(state.top_block_size));
+                state.disk.write(offset, &fill.bytes(len));
+            }
+            ChainOp::PushChild(block_size) => {
+                state.disk.push_child();
+                state.top_block_size = block_size;
+            }
+            ChainOp::CommitTop => state.disk.commit_top(),
+            ChainOp::Read(_) | ChainOp::Flush | ChainOp::Reopen => {}
+        }
+        state
+    }
+}
+
+impl StateMachineTest for ChainMachine {
+    type SystemUnderTest = Chain;
+    type Reference = ChainMachine;
+
+    fn init_test(model: &ChainModel) -> Chain {
+        Chain::new(model.base)
+    }
+
+    fn apply(mut chain: Chain, _model: &ChainModel, op: ChainOp) -> Chain {
+        let done = match op {
+            ChainOp::Write(span, fill) => chain.write(span, fill),
+            ChainOp::Read(span) => chain.read(span),
+            ChainOp::Flush => chain
+                .top()
+                .flush()
+                .map_err(|e| fail("flush", &e))
+                .and_then(|()| chain.check_below_unchanged("after a flush")),
+            ChainOp::Reopen => chain
+                .reopen()
+                .and_then(|()| chain.check_below_unchanged("after a reopen")),
+            ChainOp::PushChild(block_size) => chain.push_child(block_size),
+            ChainOp::CommitTop => chain.commit_top(),
+        };
+        if let Err(e) = done {
+            panic!("{op:?}: {e}");
+        }
+        chain
+    }
+
+    fn check_invariants(chain: &Chain, model: &ChainModel) {
+        assert_eq!(
+            chain.layers.len(),
+            model.disk.depth(),
+            "images in the chain"
+        );
+        assert!(
+            chain.disk == model.disk,
+            "the chain's model left the reference"
+        );
+    }
+
+    fn teardown(mut chain: Chain, model: ChainModel) {
+        let done = check_whole_disk(chain.top(), &model.disk, "at the end")
+            .and_then(|()| chain.reopen())
+            .and_then(|()| chain.check_below_unchanged("at the end"));
+        if let Err(e) = done {
+            panic!("{e}");
+        }
+    }
 }
 
 // ----------------------------------------------------------------- checks
@@ -390,6 +489,35 @@ fn handmade_sparse(size: u64, block_size: u32, parent: Option<&Image>) -> Vec<u8
     bytes
 }
 
+/// Closes `image` as `how` says and opens it again for writing; it must
+/// open clean and read the model.
+fn reopen_single(
+    image: Image,
+    how: Reopen,
+    mem: &MemStorage,
+    disk: &Disk,
+    step: usize,
+) -> Result<Image, TestCaseError> {
+    let storage: Box<dyn Storage> = match how {
+        Reopen::IntoStorage => image.into_storage().map_err(|e| fail("into_storage", &e))?,
+        Reopen::Close => {
+            image.close().map_err(|e| fail("close", &e))?;
+            Box::new(mem.clone())
+        }
+        Reopen::Drop => {
+            drop(image);
+            Box::new(mem.clone())
+        }
+    };
+    let mut reopened = OpenOptions::new()
+        .write(true)
+        .open_storage(storage, "disk.vhd")
+        .map_err(|e| fail(&format!("step {step}: reopen"), &e))?;
+    check_no_findings(&reopened)?;
+    check_whole_disk(&mut reopened, disk, &format!("step {step}: after reopen"))?;
+    Ok(reopened)
+}
+
 fn run_single(spec: BaseSpec, ops: &[Op]) -> Result<(), TestCaseError> {
     let mem = MemStorage::new();
     let mut img = Some(create(&mem, spec, "disk.vhd"));
@@ -466,26 +594,7 @@ fn run_single(spec: BaseSpec, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Flush => image.flush().map_err(|e| fail("flush", &e))?,
             Op::Reopen(how) => {
                 let image = img.take().expect("open");
-                let storage: Box<dyn Storage> = match how {
-                    Reopen::IntoStorage => {
-                        image.into_storage().map_err(|e| fail("into_storage", &e))?
-                    }
-                    Reopen::Close => {
-                        image.close().map_err(|e| fail("close", &e))?;
-                        Box::new(mem.clone())
-                    }
-                    Reopen::Drop => {
-                        drop(image);
-                        Box::new(mem.clone())
-                    }
-                };
-                let mut reopened = OpenOptions::new()
-                    .write(true)
-                    .open_storage(storage, "disk.vhd")
-                    .map_err(|e| fail(&format!("step {step}: reopen"), &e))?;
-                check_no_findings(&reopened)?;
-                check_whole_disk(&mut reopened, &disk, &format!("step {step}: after reopen"))?;
-                img = Some(reopened);
+                img = Some(reopen_single(image, how, &mem, &disk, step)?);
             }
         }
     }
@@ -709,58 +818,11 @@ impl Chain {
     }
 }
 
-fn run_chain(setup: &ChainSetup, ops: &[ChainOp]) -> Result<(), TestCaseError> {
-    let mut chain = Chain::new(setup.base);
-    for (writes, block_size) in &setup.children {
-        for &(span, fill) in writes {
-            chain.write(span, fill)?;
-        }
-        chain.push_child(*block_size)?;
-    }
-    for &(span, fill) in &setup.top_writes {
-        chain.write(span, fill)?;
-    }
-    for (step, op) in ops.iter().enumerate() {
-        let at = |e: TestCaseError| match e {
-            TestCaseError::Fail(why) => TestCaseError::fail(format!("step {step} ({op:?}): {why}")),
-            TestCaseError::Reject(why) => TestCaseError::Reject(why),
-        };
-        match *op {
-            ChainOp::Write(span, fill) => chain.write(span, fill).map_err(at)?,
-            ChainOp::Read(span) => chain.read(span).map_err(at)?,
-            ChainOp::Flush => {
-                chain
-                    .top()
-                    .flush()
-                    .map_err(|e| fail("flush", &e))
-                    .map_err(at)?;
-                chain.check_below_unchanged("after a flush").map_err(at)?;
-            }
-            ChainOp::Reopen => {
-                chain.reopen().map_err(at)?;
-                chain.check_below_unchanged("after a reopen").map_err(at)?;
-            }
-            ChainOp::PushChild(bs) if chain.layers.len() < 6 => chain.push_child(bs).map_err(at)?,
-            ChainOp::PushChild(_) => {}
-            ChainOp::CommitTop => chain.commit_top().map_err(at)?,
-        }
-    }
-    let disk = chain.disk.clone();
-    check_whole_disk(chain.top(), &disk, "at the end")?;
-    chain.reopen()?;
-    chain.check_below_unchanged("at the end")
-}
-
-proptest! {
+prop_state_machine! {
     #![proptest_config(config(64))]
 
     #[test]
-    fn chain_reads_what_the_model_reads(
-        setup in chain_setup(),
-        ops in proptest::collection::vec(chain_op(), 1..20),
-    ) {
-        run_chain(&setup, &ops)?;
-    }
+    fn chain_reads_what_the_model_reads(sequential 1..30 => ChainMachine);
 }
 
 // ------------------------------------------------- parents and zero reads

@@ -2,9 +2,18 @@
 //! dynamic header, BAT, locators) and the `info --output json` document,
 //! with the unique ID and the clock injected so every byte is fixed.
 //!
+//! The geometry `create` writes is not judged by vhdref's own output: at
+//! sizes on each side of every switch of the geometry algorithm the
+//! created bytes must equal what the independent test writer
+//! (`tests/builder`) lays out, and the chs size rule must give what
+//! qemu-img wrote (`tests/snapshots/qemu_img_chs_rule.txt`).
+//!
 //! Snapshots live in `tests/snapshots/`. To accept a deliberate change of
 //! the on-disk bytes: `INSTA_UPDATE=always cargo test --test snapshots`,
 //! then review the diff of the `.snap` files before committing them.
+
+#[path = "builder/mod.rs"]
+mod builder;
 
 use std::fmt::Write as _;
 
@@ -170,7 +179,7 @@ fn fixed_image_with_exact_size_writes_this_footer() {
     let footer = footer_at(&bytes, bytes.len() - FOOTER_SIZE);
     assert_eq!(footer.current_size, size);
     assert_eq!(footer.data_offset, u64::MAX);
-    assert_eq!(footer.disk_geometry, Geometry::for_size(size));
+    assert_eq!(footer.disk_geometry, builder_geometry(size));
     insta::assert_snapshot!("fixed_exact_6m_footer", fixed_dump(&bytes));
 }
 
@@ -193,7 +202,7 @@ fn dynamic_image_with_exact_size_writes_this_metadata() {
     let size = 64 << 20;
     let bytes = create(&options(DiskType::Dynamic, size));
     assert_sparse_layout(&bytes, size, 2 << 20);
-    assert_eq!(footer_at(&bytes, 0).disk_geometry, Geometry::for_size(size));
+    assert_eq!(footer_at(&bytes, 0).disk_geometry, builder_geometry(size));
     insta::assert_snapshot!("dynamic_exact_64m", sparse_dump(&bytes));
 }
 
@@ -343,4 +352,168 @@ fn info_json_of_a_three_image_chain_found_through_locators_is_stable() {
     );
     assert!(!info.to_string().contains(&dir.path().display().to_string()));
     insta::assert_json_snapshot!("info_chain_of_three", info);
+}
+
+// ------------------------------------------- geometry at every switch
+
+/// The geometry of the spec's algorithm for `size` bytes, as the
+/// independent test writer computes it.
+fn builder_geometry(size: u64) -> Geometry {
+    let (cylinders, heads, sectors_per_track) = builder::chs(size / 512);
+    Geometry {
+        cylinders,
+        heads,
+        sectors_per_track,
+    }
+}
+
+/// A new dynamic image of `size` bytes as the independent test writer
+/// lays it out, with the creator fields vhdref writes (spec/errata.md 3)
+/// and the ID and clock of these snapshots.
+fn builder_dynamic(size: u64) -> Vec<u8> {
+    builder::VhdBuilder::dynamic(size)
+        .creator(*b"vhdr")
+        .creator_version(1)
+        .host_os(*b"Wi2k")
+        .time_stamp(CREATED.0)
+        .unique_id(Uuid::from_u128(ID))
+        .build()
+}
+
+#[test]
+fn created_footers_around_every_switch_equal_the_independent_builders() {
+    // One sector below, at and one above every switch, in sectors: the
+    // whole new image (footers, header, BAT) must be the builder's, and the
+    // table of geometries is the snapshot.
+    let mut table = String::new();
+    for switch in builder::chs_switches() {
+        for sectors in [switch - 1, switch, switch + 1] {
+            let size = sectors * 512;
+            let ours = create(&options(DiskType::Dynamic, size));
+            let theirs = builder_dynamic(size);
+            assert!(
+                ours == theirs,
+                "{sectors} sectors: vhdref wrote {} bytes, the builder {}; footers {:?} and {:?}",
+                ours.len(),
+                theirs.len(),
+                footer_at(&ours, 0).disk_geometry,
+                builder_geometry(size)
+            );
+            let g = footer_at(&theirs, 0).disk_geometry;
+            let _ = writeln!(
+                table,
+                "{sectors:>9} sectors  {:>5}/{:>2}/{:>3}  {:>9} sectors described",
+                g.cylinders,
+                g.heads,
+                g.sectors_per_track,
+                g.total_sectors()
+            );
+        }
+    }
+    insta::assert_snapshot!("geometry_around_every_switch", table);
+}
+
+/// One line of `tests/snapshots/qemu_img_chs_rule.txt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QemuChs {
+    request: u64,
+    current_size: u64,
+    original_size: u64,
+    geometry: Geometry,
+}
+
+/// The lines of `tests/snapshots/qemu_img_chs_rule.txt`.
+fn qemu_chs_fixture() -> Vec<QemuChs> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/qemu_img_chs_rule.txt"
+    );
+    let text = std::fs::read_to_string(path).expect("the qemu-img fixture");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let n: Vec<u64> = l
+                .split_whitespace()
+                .map(|w| w.parse().unwrap_or_else(|_| panic!("{path}: {l}")))
+                .collect();
+            assert_eq!(n.len(), 6, "{path}: {l}");
+            QemuChs {
+                request: n[0],
+                current_size: n[1],
+                original_size: n[2],
+                geometry: Geometry {
+                    cylinders: u16::try_from(n[3]).expect("cylinders"),
+                    heads: u8::try_from(n[4]).expect("heads"),
+                    sectors_per_track: u8::try_from(n[5]).expect("sectors per track"),
+                },
+            }
+        })
+        .collect()
+}
+
+/// 65535 x 16 x 255 sectors, in bytes: the largest size a geometry
+/// describes.
+const MAX_CHS_BYTES: u64 = 65535 * 16 * 255 * 512;
+
+/// Whether qemu-img wrote this line in the one way vhdref's chs rule
+/// differs (spec/divergences.md D25): when the search reaches the largest
+/// geometry, qemu keeps the request (rounded up to a sector) under
+/// 65535/16/255 instead of rounding it up to what that geometry describes.
+fn qemu_kept_the_request_under_the_largest_geometry(q: &QemuChs) -> bool {
+    q.geometry.capacity() == MAX_CHS_BYTES && q.current_size < MAX_CHS_BYTES
+}
+
+#[test]
+fn chs_rule_sizes_and_geometries_equal_what_qemu_img_wrote() {
+    let fixture = qemu_chs_fixture();
+    // Every switch has a request on each side of it.
+    for switch in builder::chs_switches() {
+        let at = switch * 512;
+        assert!(
+            fixture.iter().any(|q| q.request < at) && fixture.iter().any(|q| q.request >= at),
+            "no request around {switch} sectors"
+        );
+    }
+    let mut divergent = 0;
+    for q in &fixture {
+        let bytes = create(&options(DiskType::Dynamic, q.request).size_rule(SizeRule::Chs));
+        let ours = footer_at(&bytes, 0);
+        let geo_warning = |f: &Footer| f.lint().iter().any(|f| f.rule.id() == "GEO-ALGORITHM");
+        assert!(
+            !geo_warning(&ours),
+            "a request of {} bytes: GEO-ALGORITHM on what the chs rule wrote",
+            q.request
+        );
+        // What qemu-img wrote, judged by the same lint.
+        let mut theirs = ours.clone();
+        theirs.current_size = q.current_size;
+        theirs.original_size = q.original_size;
+        theirs.disk_geometry = q.geometry;
+        if qemu_kept_the_request_under_the_largest_geometry(q) {
+            divergent += 1;
+            assert_eq!(q.current_size, q.request.div_ceil(512) * 512);
+            assert_eq!(
+                (ours.current_size, ours.disk_geometry),
+                (MAX_CHS_BYTES, q.geometry),
+                "a request of {} bytes",
+                q.request
+            );
+            assert!(geo_warning(&theirs), "a request of {} bytes", q.request);
+            continue;
+        }
+        assert_eq!(
+            (ours.current_size, ours.original_size, ours.disk_geometry),
+            (q.current_size, q.original_size, q.geometry),
+            "a request of {} bytes",
+            q.request
+        );
+        assert!(
+            !geo_warning(&theirs),
+            "a request of {} bytes: GEO-ALGORITHM on what qemu-img wrote",
+            q.request
+        );
+    }
+    // The divergence is in the last cylinder only: the requests 600 and 1
+    // sectors below the largest size.
+    assert_eq!(divergent, 2);
 }

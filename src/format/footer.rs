@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 
 use crate::error::{Error, Result, escape_cookie};
 use crate::format::checksum::checksum;
-use crate::format::geometry::Geometry;
+use crate::format::geometry::{Geometry, chs_rounded};
 use crate::format::timestamp::Timestamp;
 use crate::format::{FOOTER_SIZE, SECTOR_SIZE};
 use crate::rules::{Finding, Rule};
@@ -261,11 +261,17 @@ impl Footer {
                 ),
             ));
         }
-        // The algorithm's geometry, or one that describes the size exactly
-        // (what the CHS rounding of QEMU and `--size-rule chs` finds just
-        // below a switch of the algorithm).
+        // The algorithm's geometry, or, for a size that CHS rounding
+        // gives, the geometry the rounding found for it (QEMU's `create`
+        // and `--size-rule chs` just below a switch of the algorithm).
+        // Nothing else, even a geometry whose capacity equals the size.
         let expected = Geometry::for_size(self.current_size);
-        if self.disk_geometry != expected && self.disk_geometry.capacity() != self.current_size {
+        let found_by_rounding = || {
+            chs_rounded(self.current_size).is_some_and(|(size, found)| {
+                size == self.current_size && found == self.disk_geometry
+            })
+        };
+        if self.disk_geometry != expected && !found_by_rounding() {
             let g = self.disk_geometry;
             out.push(Finding::new(
                 Rule::GeoAlgorithm,

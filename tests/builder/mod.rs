@@ -241,6 +241,12 @@ impl VhdBuilder {
         self
     }
 
+    /// Creator version.
+    pub fn creator_version(mut self, v: u32) -> Self {
+        self.creator_version = v;
+        self
+    }
+
     /// Creator host OS.
     pub fn host_os(mut self, c: [u8; 4]) -> Self {
         self.host_os = c;
@@ -726,6 +732,43 @@ pub fn chs(total: u64) -> (u16, u8, u8) {
         cth = c;
     }
     ((cth / heads) as u16, heads as u8, spt as u8)
+}
+
+/// Where the spec's geometry algorithm changes its choice, in sectors:
+/// each start of a run that gets 31 sectors per track at 4 to 16 heads
+/// (`17 * 1024 * heads`), the sector count just past each such run where 17
+/// sectors per track come back with one more head, the first count past
+/// 16 heads (31 from then on), the switch to 63 and to 255 sectors per
+/// track, and the cap at 65535 x 16 x 255.
+pub fn chs_switches() -> Vec<u64> {
+    let mut out = Vec::new();
+    for heads in 4..=16u64 {
+        out.push(17 * 1024 * heads);
+        out.push(17 * (1024 * heads + 1));
+    }
+    out.extend([31 * 16 * 1024, 65535 * 16 * 63, 65535 * 16 * 255]);
+    out
+}
+
+/// What QEMU's `create -f vpc` does to a requested size without
+/// `force_size`: the algorithm for the requested sectors (rounded up), then
+/// for one sector more, and so on, until the geometry covers the request;
+/// the size becomes what that geometry describes. Returns the size in
+/// bytes and the geometry, or `None` past 65535 x 16 x 255 sectors.
+pub fn chs_round_up(request: u64) -> Option<(u64, (u16, u8, u8))> {
+    let wanted = request.div_ceil(SECTOR);
+    if wanted > 65535 * 16 * 255 {
+        return None;
+    }
+    let mut extra = 0;
+    loop {
+        let (c, h, s) = chs(wanted + extra);
+        let described = u64::from(c) * u64::from(h) * u64::from(s);
+        if described >= wanted {
+            return Some((described * SECTOR, (c, h, s)));
+        }
+        extra += 1;
+    }
 }
 
 /// A deterministic, position-dependent byte pattern (never all zeros).
