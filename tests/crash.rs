@@ -21,12 +21,10 @@
 //! not depend on anything after it.
 
 use std::collections::HashMap;
-use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use proptest::prelude::*;
 use vhdref::model::Disk;
-use vhdref::storage::{MemStorage, Storage};
+use vhdref::storage::{FaultStorage, MemStorage, Mutation};
 use vhdref::{CreateOptions, DiskType, Image, OpenOptions, Rule};
 
 const SECTOR: u64 = 512;
@@ -36,155 +34,39 @@ const BLOCK: u32 = 512 * 1024;
 
 // ------------------------------------------------------- recording storage
 
-/// One mutating operation on a storage.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Write { offset: u64, data: Vec<u8> },
-    SetLen(u64),
-    Sync,
-}
+// The shared recording storage (`FaultStorage`): every change logged; a
+// write past the end leaves stale, non-zero bytes in the gap
+// (`vhdref::storage::stale`), so only what the driver wrote may ever read
+// as guest data.
 
-impl Mutation {
-    fn apply(&self, bytes: &mut Vec<u8>) {
-        match self {
-            Mutation::Write { offset, data } => write_into(bytes, *offset, data),
-            // Truncating or extending a file: the new space reads as zeros.
-            Mutation::SetLen(len) => bytes.resize(*len as usize, 0),
-            Mutation::Sync => {}
-        }
-    }
-
-    /// Applies only the part of a write before absolute file offset `upto`
-    /// (a sector boundary): a write torn by a crash.
-    fn apply_torn(&self, bytes: &mut Vec<u8>, upto: u64) {
-        if let Mutation::Write { offset, data } = self {
-            let keep = upto.saturating_sub(*offset).min(data.len() as u64) as usize;
-            if keep > 0 {
-                write_into(bytes, *offset, &data[..keep]);
-            }
-        }
-    }
-
-    /// Sector boundaries strictly inside a write: where it can tear.
-    fn tear_points(&self) -> Vec<u64> {
-        let Mutation::Write { offset, data } = self else {
-            return Vec::new();
-        };
-        let end = offset + data.len() as u64;
-        let first = (offset / SECTOR + 1) * SECTOR;
-        let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
-        if all.len() <= 6 {
-            return all;
-        }
-        // A long data write: its first, middle and last boundaries.
-        let mid = all.len() / 2;
-        vec![
-            all[0],
-            all[1],
-            all[mid],
-            all[all.len() - 2],
-            all[all.len() - 1],
-        ]
+/// Applies only the part of a write before absolute file offset `upto`
+/// (a sector boundary): a write torn by a crash.
+fn apply_torn(m: &Mutation, bytes: &mut Vec<u8>, upto: u64) {
+    if let Mutation::Write { offset, .. } = m {
+        m.apply_torn(bytes, upto.saturating_sub(*offset));
     }
 }
 
-/// Writes `data` at `offset`. A write that starts past the end of the
-/// file leaves the gap holding [`stale`] bytes, not zeros: space the driver
-/// never wrote may hold anything (a VHD on a logical volume, as Xen keeps
-/// them, or newly allocated blocks of a file system after a power loss),
-/// so only what the driver wrote may ever read as guest data.
-fn write_into(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
-    let start = offset as usize;
-    let end = start + data.len();
-    if bytes.len() < start {
-        let gap = bytes.len() as u64..offset;
-        bytes.extend(gap.map(stale));
+/// Sector boundaries strictly inside a write: where it can tear.
+fn tear_points(m: &Mutation) -> Vec<u64> {
+    let Mutation::Write { offset, data } = m else {
+        return Vec::new();
+    };
+    let end = offset + data.len() as u64;
+    let first = (offset / SECTOR + 1) * SECTOR;
+    let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
+    if all.len() <= 6 {
+        return all;
     }
-    if bytes.len() < end {
-        bytes.resize(end, 0);
-    }
-    bytes[start..end].copy_from_slice(data);
-}
-
-/// What the unwritten file byte at `offset` holds: never zero, and
-/// varying inside every sector, so it equals no sector the tests write.
-fn stale(offset: u64) -> u8 {
-    (offset.wrapping_mul(0x9E37_79B9) >> 13) as u8 | 0x01
-}
-
-/// The bytes of an image file and the log of every mutation made to them.
-#[derive(Debug, Default)]
-struct Journal {
-    bytes: Vec<u8>,
-    log: Vec<Mutation>,
-}
-
-/// A storage that applies and records every write, `set_len` and `sync`.
-/// Clones share the journal, so a test keeps one while the driver owns
-/// another.
-#[derive(Debug, Clone, Default)]
-struct RecordingStorage {
-    journal: Arc<Mutex<Journal>>,
-}
-
-impl RecordingStorage {
-    fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.journal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn record(&self, m: Mutation) {
-        let mut j = self.journal();
-        m.apply(&mut j.bytes);
-        j.log.push(m);
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.journal().bytes.clone()
-    }
-
-    fn ops(&self) -> usize {
-        self.journal().log.len()
-    }
-
-    fn log_since(&self, start: usize) -> Vec<Mutation> {
-        self.journal().log[start..].to_vec()
-    }
-}
-
-impl Storage for RecordingStorage {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.journal().bytes.len() as u64)
-    }
-
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let j = self.journal();
-        let src = usize::try_from(offset)
-            .ok()
-            .and_then(|start| j.bytes.get(start..start + buf.len()))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.record(Mutation::Write {
-            offset,
-            data: buf.to_vec(),
-        });
-        Ok(())
-    }
-
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.record(Mutation::SetLen(len));
-        Ok(())
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.record(Mutation::Sync);
-        Ok(())
-    }
+    // A long data write: its first, middle and last boundaries.
+    let mid = all.len() / 2;
+    vec![
+        all[0],
+        all[1],
+        all[mid],
+        all[all.len() - 2],
+        all[all.len() - 1],
+    ]
 }
 
 // -------------------------------------------------------------- a run
@@ -310,7 +192,7 @@ fn apply(img: &mut Image, disk: &mut Disk, step: &Step) {
 
 /// Makes the image of `setup` on `storage`: the image, the model of its
 /// disk, and the parent's storage for a differencing image.
-fn make(setup: &Setup, storage: &RecordingStorage) -> (Image, Disk, Option<MemStorage>) {
+fn make(setup: &Setup, storage: &FaultStorage) -> (Image, Disk, Option<MemStorage>) {
     match setup {
         Setup::Dynamic { size, block_size } => {
             let img = CreateOptions::new(DiskType::Dynamic, *size)
@@ -366,7 +248,7 @@ fn record_with_cache(
     sequence: &[Step],
     cache: Option<u64>,
 ) -> Recorded {
-    let storage = RecordingStorage::default();
+    let storage = FaultStorage::new();
     let (mut img, mut disk, parent) = make(setup, &storage);
     let first_lost = prepare
         .iter()
@@ -396,7 +278,7 @@ fn record_with_cache(
     let mut img = if first_lost < prepare.len() {
         // Killed: no flush, no drop (which would flush).
         std::mem::forget(img);
-        let log = storage.log_since(0);
+        let log = storage.log();
         for step in &prepare[first_lost..] {
             assert!(
                 log.iter().any(
@@ -423,7 +305,7 @@ fn record_with_cache(
         .collect();
     assert!(old == want, "the old state does not read as the model");
     let parent_before = parent.as_ref().map(MemStorage::to_vec);
-    let start = storage.ops();
+    let start = storage.log().len();
     let before = storage.bytes();
     let mut allowed = Allowed::new(&disk);
     for step in sequence.iter().chain(std::iter::once(&Step::Flush)) {
@@ -432,7 +314,7 @@ fn record_with_cache(
             allowed.note(&disk, *offset, data.len() as u64);
         }
     }
-    let log = storage.log_since(start);
+    let log = storage.log()[start..].to_vec();
     drop(img);
     if let (Some(p), Some(bytes)) = (&parent, parent_before) {
         assert!(p.to_vec() == bytes, "the sequence wrote to the parent");
@@ -575,9 +457,9 @@ impl Recorded {
         }
         // Torn writes: the first k operations, then part of operation k.
         for k in 0..n {
-            for upto in self.log[k].tear_points() {
+            for upto in tear_points(&self.log[k]) {
                 let mut bytes = self.replay(0..k);
-                self.log[k].apply_torn(&mut bytes, upto);
+                apply_torn(&self.log[k], &mut bytes, upto);
                 let what = format!("operation {k} of {n} torn at file offset {upto}");
                 let seen = self.judge(bytes.clone(), &what);
                 assert!(
@@ -657,7 +539,7 @@ fn subsets(n: usize) -> Vec<u64> {
 /// Old state: parts of blocks 0 and 2 written and flushed, then a killed
 /// session's lost writes into sectors of both blocks whose bits are
 /// clear: the file there holds data the guest never sees (and the rest of
-/// every block's data area holds stale bytes, see [`write_into`]), so no
+/// every block's data area holds stale bytes, see `vhdref::storage::stale`), so no
 /// sector's old contents equal what the file holds under it. The sequence
 /// rewrites sectors already present, fills sectors whose bits are clear
 /// (over the lost data, unaligned), allocates new blocks (one the partial
@@ -868,7 +750,7 @@ proptest! {
 fn an_interrupted_commit_leaves_parent_sectors_old_or_new_and_running_it_again_completes_it() {
     let size = 2 * MIB + 3 * KIB + SECTOR;
     let b = u64::from(BLOCK);
-    let parent_storage = RecordingStorage::default();
+    let parent_storage = FaultStorage::new();
     let mut disk = Disk::new(size);
     let mut parent = CreateOptions::new(DiskType::Dynamic, size)
         .block_size(BLOCK)
@@ -907,7 +789,7 @@ fn an_interrupted_commit_leaves_parent_sectors_old_or_new_and_running_it_again_c
     old_parent.pop_child();
 
     // The commit, recorded on the parent's storage.
-    let start = parent_storage.ops();
+    let start = parent_storage.log().len();
     let before = parent_storage.bytes();
     let open_child = |parent: Image| {
         OpenOptions::new()
@@ -929,7 +811,7 @@ fn an_interrupted_commit_leaves_parent_sectors_old_or_new_and_running_it_again_c
     allowed.note(&new_parent, 0, size);
     let rec = Recorded {
         before,
-        log: parent_storage.log_since(start),
+        log: parent_storage.log()[start..].to_vec(),
         allowed,
         after: new_parent.clone(),
         parent: None,

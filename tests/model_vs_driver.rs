@@ -9,7 +9,6 @@
 //! of 6), and shrinking keeps every sequence valid.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
@@ -20,7 +19,7 @@ use vhdref::format::dyn_header::{DynHeader, HEADER_VERSION};
 use vhdref::format::footer::{FEATURE_RESERVED, FILE_FORMAT_VERSION};
 use vhdref::format::{LocatorEntry, UNALLOCATED};
 use vhdref::model::Disk;
-use vhdref::storage::{MemStorage, Storage};
+use vhdref::storage::{FaultStorage, MemStorage, Storage};
 use vhdref::{CreateOptions, DiskType, Footer, Geometry, Image, OpenOptions, Timestamp};
 
 const SECTOR: u64 = 512;
@@ -855,36 +854,10 @@ proptest! {
     }
 }
 
-/// A storage that counts the reads made through it.
-struct CountingStorage {
-    inner: MemStorage,
-    reads: Arc<AtomicUsize>,
-}
-
-impl Storage for CountingStorage {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_all_at(buf, offset)
-    }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.inner.sync()
-    }
-}
-
-fn counted(mem: &MemStorage, reads: &Arc<AtomicUsize>) -> Box<dyn Storage> {
-    Box::new(CountingStorage {
-        inner: mem.clone(),
-        reads: Arc::clone(reads),
-    })
+/// A storage that counts the reads made through it: the shared fault
+/// storage, with the bytes of `mem` and no fault planned.
+fn counted(mem: &MemStorage) -> FaultStorage {
+    FaultStorage::from_bytes(mem.to_vec())
 }
 
 #[test]
@@ -895,11 +868,11 @@ fn dynamic_image_reads_zeros_where_unallocated_without_reading_the_file() {
         .create_in(Box::new(mem.clone()), "fresh.vhd", None)
         .expect("create");
     img.close().expect("close");
-    let reads = Arc::new(AtomicUsize::new(0));
+    let storage = counted(&mem);
     let mut img = OpenOptions::new()
-        .open_storage(counted(&mem, &reads), "fresh.vhd")
+        .open_storage(Box::new(storage.clone()), "fresh.vhd")
         .expect("open");
-    let after_open = reads.load(Ordering::SeqCst);
+    let after_open = storage.reads().0;
     let mut buf = vec![0xEE; img.size() as usize];
     img.read_at(0, &mut buf).expect("read");
     assert!(
@@ -907,7 +880,7 @@ fn dynamic_image_reads_zeros_where_unallocated_without_reading_the_file() {
         "an empty dynamic image reads as zeros"
     );
     assert_eq!(
-        reads.load(Ordering::SeqCst),
+        storage.reads().0,
         after_open,
         "reading unallocated blocks read the file"
     );
@@ -935,9 +908,9 @@ proptest! {
             disk.write(offset, &data);
         }
         img.close().map_err(|e| fail("close", &e))?;
-        let reads = Arc::new(AtomicUsize::new(0));
+        let storage = counted(&mem);
         let mut img = OpenOptions::new()
-            .open_storage(counted(&mem, &reads), "sparse.vhd")
+            .open_storage(Box::new(storage.clone()), "sparse.vhd")
             .map_err(|e| fail("open", &e))?;
         let bat = img.bat().expect("dynamic").to_vec();
         let bs = u64::from(bs);
@@ -951,10 +924,10 @@ proptest! {
                 prop_assert!(!disk.written_in(0, sector), "sector {} written but its block is unallocated", sector);
             }
             prop_assert!(model_bytes(&disk, start, len).iter().all(|&b| b == 0));
-            let before = reads.load(Ordering::SeqCst);
+            let before = storage.reads().0;
             let got = read(&mut img, start, len)?;
             prop_assert!(got.iter().all(|&b| b == 0), "unallocated block {} does not read as zeros", block);
-            prop_assert_eq!(reads.load(Ordering::SeqCst), before, "reading unallocated block {} read the file", block);
+            prop_assert_eq!(storage.reads().0, before, "reading unallocated block {} read the file", block);
         }
         check_whole_disk(&mut img, &disk, "after the zero reads")?;
     }
@@ -984,20 +957,21 @@ fn child_and_parent_both_unallocated_read_zeros_without_touching_either_file() {
     child.write_at(3 * MIB + 5, &[9; 700]).expect("write child");
     child.close().expect("close child");
 
-    let reads = Arc::new(AtomicUsize::new(0));
+    let (ps, cs) = (counted(&parent_mem), counted(&child_mem));
+    let reads = || ps.reads().0 + cs.reads().0;
     let parent = OpenOptions::new()
-        .open_storage(counted(&parent_mem, &reads), "p.vhd")
+        .open_storage(Box::new(ps.clone()), "p.vhd")
         .expect("open parent");
     let mut child = OpenOptions::new()
         .parent_image(parent)
-        .open_storage(counted(&child_mem, &reads), "c.vhd")
+        .open_storage(Box::new(cs.clone()), "c.vhd")
         .expect("open child");
-    let before = reads.load(Ordering::SeqCst);
+    let before = reads();
     let mut buf = vec![0xEE; MIB as usize];
     child.read_at(MIB, &mut buf).expect("read");
     assert!(buf.iter().all(|&b| b == 0));
     assert_eq!(
-        reads.load(Ordering::SeqCst),
+        reads(),
         before,
         "a read where no image holds data read a file"
     );

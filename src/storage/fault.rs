@@ -10,6 +10,10 @@
 //! changes from the write-back for good, as Linux does with the dirty
 //! pages of a failed `fsync`: a later sync succeeds without them.
 //!
+//! A write past the end of the bytes leaves the gap holding stale,
+//! non-zero bytes ([`stale`]), while `set_len` extends with zeros: a driver
+//! that reads space it never wrote is caught.
+//!
 //! Faults are planned per kind of operation: "the third write fails with
 //! `ENOSPC`", "the first sync fails with `EIO`", "the fifth write is torn
 //! after 1024 bytes", "after the tenth change the machine stops". Each
@@ -47,7 +51,8 @@ pub enum Mutation {
 }
 
 impl Mutation {
-    /// Applies the change to `bytes`.
+    /// Applies the change to `bytes` (a write past the end leaves
+    /// [`stale`] bytes in the gap; `SetLen` extends with zeros).
     pub fn apply(&self, bytes: &mut Vec<u8>) {
         match self {
             Mutation::Write { offset, data } => write_into(bytes, *offset, data),
@@ -71,15 +76,30 @@ impl Mutation {
     }
 }
 
+/// Writes `data` at `offset`. A write that starts past the end leaves the
+/// gap holding [`stale`] bytes, not zeros: space nobody wrote may hold
+/// anything after a crash (a VHD on a logical volume, as Xen keeps them,
+/// or blocks a file system allocated just before a power loss), so only
+/// what a driver wrote itself may ever read as guest data.
 fn write_into(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
     let start = usize::try_from(offset).unwrap_or(usize::MAX);
     let end = start.saturating_add(data.len());
+    if bytes.len() < start {
+        let gap = bytes.len() as u64..offset;
+        bytes.extend(gap.map(stale));
+    }
     if bytes.len() < end {
         bytes.resize(end, 0);
     }
     if let Some(dst) = bytes.get_mut(start..end) {
         dst.copy_from_slice(data);
     }
+}
+
+/// What the never-written byte at `offset` holds: never zero and varying
+/// inside every sector, so it equals no sector a test writes.
+pub fn stale(offset: u64) -> u8 {
+    (offset.wrapping_mul(0x9E37_79B9) >> 13) as u8 | 0x01
 }
 
 /// A kind of operation, to plan a fault on.
@@ -400,7 +420,7 @@ mod tests {
         // The write the failed sync dropped never becomes durable.
         s.write_all_at(b"c", 2).unwrap();
         s.sync().unwrap();
-        assert_eq!(s.durable(), b"a\0c");
+        assert_eq!(s.durable(), [b'a', stale(1), b'c']);
     }
 
     #[test]
@@ -410,6 +430,7 @@ mod tests {
         s.plan(Op::Any, 1, Fault::Stop);
         assert!(s.write_all_at(b"wxyz", 0).is_err());
         assert_eq!(s.bytes(), b"wx\0\0\0\0\0\0");
+        assert!(s.durable().iter().all(|&b| b == 0));
         assert!(s.sync().is_err());
         assert!(s.is_stopped());
         assert!(s.len().is_err());
