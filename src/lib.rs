@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
 pub mod convert;
 pub mod error;

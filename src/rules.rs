@@ -86,6 +86,8 @@ rules! {
     FtrSavedState => "FTR-SAVED-STATE", Warning, "the saved-state flag is clear";
     /// The unique ID is not all zeros.
     FtrUniqueId => "FTR-UNIQUE-ID", Warning, "the unique ID is not all zeros";
+    /// The reserved bytes of the footer are zero.
+    FtrReserved => "FTR-RESERVED", Warning, "the 427 reserved bytes at the end of the footer are zero";
     /// The stored geometry is what the spec algorithm gives for `current_size`.
     GeoAlgorithm => "GEO-ALGORITHM", Warning, "the disk geometry is the one the spec algorithm computes from current_size";
     /// The dynamic header cookie is `cxsparse`.
@@ -96,6 +98,8 @@ rules! {
     HdrVersion => "HDR-VERSION", Error, "the dynamic header version has major version 1";
     /// The dynamic header's own data offset is unused.
     HdrDataOffset => "HDR-DATA-OFFSET", Warning, "the data offset of the dynamic header is 0xFFFFFFFFFFFFFFFF";
+    /// The reserved fields of the dynamic header are zero.
+    HdrReserved => "HDR-RESERVED", Warning, "the reserved fields of the dynamic header (4 bytes at 0x3C, the last 256 bytes) are zero";
     /// The block size is a power of two within the accepted range.
     HdrBlockSize => "HDR-BLOCK-SIZE", Error, "the block size is a power of two from 512 bytes to 1 GiB";
     /// The BAT has an entry for every block of the disk, within bounds.
@@ -108,6 +112,16 @@ rules! {
     BatEntryOverlap => "BAT-ENTRY-OVERLAP", Error, "no allocated block overlaps another block, the dynamic header, the BAT or a footer";
     /// BAT entries past the end of the disk are unallocated.
     BatEntryUnused => "BAT-ENTRY-UNUSED", Warning, "BAT entries for blocks past current_size are unallocated (0xFFFFFFFF)";
+    /// Bitmap bits over non-zero data are set.
+    BmpClearData => "BMP-CLEAR-DATA", Warning, "in a dynamic image, every sector of an allocated block whose bitmap bit is clear holds only zeros";
+    /// Bitmap bits past the end of the disk are clear.
+    BmpPastEnd => "BMP-PAST-END", Warning, "the bitmap bits of sectors past current_size (in the last block) are clear";
+    /// No block-sized space in the file is unreferenced.
+    FileLeak => "FILE-LEAK", Warning, "no region of the file at least one block span long, between the metadata and the trailing footer, is referenced by nothing";
+    /// Nothing but zeros between the last structure and the trailing footer.
+    FileTail => "FILE-TAIL", Warning, "the bytes between the last block or metadata structure and the trailing footer (less than a block span) are zeros";
+    /// Metadata comes before the blocks.
+    FileOrder => "FILE-ORDER", Warning, "the dynamic header, the BAT and the parent locator data lie before the first block";
     /// Parent locators lie inside the file.
     ParLocatorBounds => "PAR-LOCATOR-BOUNDS", Warning, "a parent locator's data lies inside the file and is at most 64 KiB";
     /// Parent locators use a known platform code.
@@ -116,6 +130,12 @@ rules! {
     ParLocatorEncoding => "PAR-LOCATOR-ENCODING", Warning, "a parent locator's data is UTF-16LE (W2ru, W2ku) or UTF-8 (Mac, MacX) text";
     /// The parent name decodes as UTF-16.
     ParName => "PAR-NAME", Warning, "the parent unicode name is valid UTF-16 big-endian";
+    /// Locator data overlaps no other structure.
+    ParLocatorOverlap => "PAR-LOCATOR-OVERLAP", Warning, "a parent locator's data overlaps neither another locator's data, the footer copy, the dynamic header nor the BAT";
+    /// A locator's data space holds its data.
+    ParLocatorSpace => "PAR-LOCATOR-SPACE", Warning, "a parent locator's data space (in bytes or in sectors) is at least its data length";
+    /// A differencing image has a locator with a path.
+    ParLocatorMissing => "PAR-LOCATOR-MISSING", Warning, "a differencing image has at least one locator with a path (W2ru, W2ku, Wi2r, Wi2k or MacX)";
     /// A differencing image's parent can be found.
     ParNotFound => "PAR-NOT-FOUND", Error, "the parent of a differencing image can be found through the caller, its locators or its name";
     /// The parent found is a valid image.
@@ -124,6 +144,8 @@ rules! {
     ParUniqueId => "PAR-UNIQUE-ID", Error, "the parent's unique ID equals the parent unique ID in the child's header";
     /// The parent was not changed since the child was made.
     ParTimestamp => "PAR-TIMESTAMP", Warning, "the parent's footer time stamp equals the parent time stamp in the child's header";
+    /// The parent found has the name the child records.
+    ParNameMismatch => "PAR-NAME-MISMATCH", Warning, "the file name in parent_unicode_name is the file name of the parent found";
     /// Parent and child have the same size.
     ParSize => "PAR-SIZE", Error, "a differencing image has the same current_size as its parent";
     /// A chain does not loop.
@@ -144,15 +166,23 @@ impl Serialize for Rule {
     }
 }
 
-/// One broken rule found in an image: what rule, how bad, and the details.
+/// One broken rule found in an image: what rule, how bad, where in the
+/// file, and the details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The rule broken.
     pub rule: Rule,
-    /// The rule's severity.
+    /// How bad it is here: the rule's severity, except where the caller
+    /// asked to accept it (`--ignore-parent-id` makes PAR-UNIQUE-ID a
+    /// warning).
     pub severity: Severity,
     /// What exactly is wrong, with the numbers.
     pub message: String,
+    /// The byte offset in the file the finding is about, when it is about
+    /// one place.
+    pub offset: Option<u64>,
+    /// How many bytes from `offset` it is about.
+    pub length: Option<u64>,
 }
 
 impl Finding {
@@ -162,7 +192,24 @@ impl Finding {
             rule,
             severity: rule.severity(),
             message: message.into(),
+            offset: None,
+            length: None,
         }
+    }
+
+    /// The same finding about `length` bytes at file offset `offset`.
+    #[must_use]
+    pub fn at(mut self, offset: u64, length: u64) -> Self {
+        self.offset = Some(offset);
+        self.length = Some(length);
+        self
+    }
+
+    /// The same finding as a warning (a rule the caller chose to accept).
+    #[must_use]
+    pub fn as_warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
     }
 }
 

@@ -1,6 +1,5 @@
-//! `vhd check`: judge an image against the rules and name each rule it
-//! breaks. For now the findings are those of opening the image: every
-//! warning found on the way, and the error that made open refuse it.
+//! `vhd check`: renders the library checker's report (`crate::check`) as
+//! text, JSON or `JUnit` XML; every judgement is the library's.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -8,21 +7,27 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::{Error, ErrorKind, Finding, Image, Rule, Severity};
+use crate::Rule;
+use crate::check::{self, CheckOptions, Located, Report, Verdict};
+use crate::image::ParentResolver;
 
 use super::CmdResult;
 use super::args::ParentArgs;
 use super::info::severity_name;
-use super::output::{Failure, escape, print, print_json, report};
+use super::output::{Failure, escape, print, print_json, report as report_failure};
 
-/// Check an image against the rules of the format and list every finding
-/// with its rule ID.
+/// Check an image (and every image of its chain) against the rules of the
+/// format and list every finding with its rule ID, the image and the
+/// place in its file.
 ///
-/// Exit status: 0 clean, 2 errors (corruption or a spec violation), 3 only
-/// warnings (2 with --strict), 1 could not check (not a VHD, I/O error).
+/// The checker goes on past errors wherever the rest can still be read,
+/// so one run lists everything wrong. Exit status: 0 clean, 2 errors
+/// (corruption or a spec violation; `open` refuses such an image), 3 only
+/// warnings (2 with --strict), 1 could not check (not a VHD, unreadable,
+/// in use by a writer).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  vhd check disk.vhd\n  vhd check disk.vhd --output junit > check.xml"
+    after_help = "Example:\n  vhd check disk.vhd\n  vhd check disk.vhd --output junit > check.xml\n  vhd check child.vhd --output json | jq '.findings[].rule'"
 )]
 pub struct CheckArgs {
     /// The image.
@@ -33,6 +38,13 @@ pub struct CheckArgs {
     /// Treat warnings as errors (exit 2 instead of 3).
     #[arg(long)]
     pub strict: bool,
+    /// Judge only the metadata: skip reading data where bitmaps say there
+    /// is none (BMP-CLEAR-DATA) and before the trailing footer (FILE-TAIL).
+    #[arg(long)]
+    pub metadata_only: bool,
+    /// Judge this image only, not its parents.
+    #[arg(long)]
+    pub no_parents: bool,
     /// How the parent of a differencing image is found.
     #[command(flatten)]
     pub parent: ParentArgs,
@@ -50,173 +62,122 @@ pub enum CheckOutput {
     Junit,
 }
 
-/// A finding and the image of the chain it is about.
-struct Located {
-    image: String,
-    finding: Finding,
-}
-
-/// The outcome of a check.
-enum Outcome {
-    /// The image was judged.
-    Checked(Vec<Located>),
-    /// The image could not be judged (not a VHD, I/O error, in use).
-    NotChecked(Error),
+/// The checker's options from the command line.
+fn options(args: &CheckArgs) -> CheckOptions {
+    let p = &args.parent;
+    let mut o = CheckOptions::new()
+        .ignore_parent_id(p.ignore_parent_id)
+        .follow_parents(!args.no_parents)
+        .data_checks(!args.metadata_only);
+    if !p.allow_parent_dir.is_empty() {
+        o = o.resolver(ParentResolver::new().allow_dirs(p.allow_parent_dir.clone()));
+    }
+    if let Some(parent) = &p.parent {
+        o = o.parent(parent.clone());
+    }
+    o
 }
 
 /// Runs `vhd check`.
 pub fn run(args: &CheckArgs) -> CmdResult {
-    let path = &args.image;
-    let name = path.display().to_string();
-    let chain_findings = |img: &Image| -> Vec<Located> {
-        img.chain()
-            .iter()
-            .flat_map(|i| {
-                i.findings().iter().map(|f| Located {
-                    image: i.name().to_string(),
-                    finding: f.clone(),
-                })
-            })
-            .collect()
-    };
-    let outcome = match args.parent.open_options().open(path) {
-        Ok(img) => Outcome::Checked(chain_findings(&img)),
-        // A broken chain: judge the child on its own, and report why its
-        // parent could not be used.
-        Err(e) if e.kind() == ErrorKind::Parent => {
-            match args.parent.open_options().skip_parent(true).open(path) {
-                Ok(img) => {
-                    let mut found = chain_findings(&img);
-                    found.extend(e.to_finding().map(|finding| Located {
-                        image: name.clone(),
-                        finding,
-                    }));
-                    Outcome::Checked(found)
-                }
-                Err(_) => Outcome::Checked(vec![Located {
-                    image: name.clone(),
-                    finding: e
-                        .to_finding()
-                        .unwrap_or_else(|| Finding::new(Rule::ParNotFound, e.to_string())),
-                }]),
-            }
-        }
-        Err(e) => match (e.kind(), e.to_finding()) {
-            (ErrorKind::NotVhd | ErrorKind::Io, _) | (_, None) => Outcome::NotChecked(e),
-            (_, Some(finding)) => Outcome::Checked(vec![Located {
-                image: name.clone(),
-                finding,
-            }]),
-        },
-    };
-    let code = match &outcome {
-        Outcome::NotChecked(_) => 1,
-        Outcome::Checked(found) => {
-            let errors = found.iter().any(|f| f.finding.severity == Severity::Error);
-            match (errors, found.is_empty(), args.strict) {
-                (true, _, _) | (false, false, true) => 2,
-                (false, false, false) => 3,
-                (false, true, _) => 0,
-            }
-        }
-    };
+    let report = check::check(&args.image, &options(args));
+    let code = report.exit_code(args.strict);
     match args.output {
-        CheckOutput::Human => print(&human(&name, &outcome))?,
-        CheckOutput::Json => print_json(&to_json(&name, &outcome, code))?,
-        CheckOutput::Junit => print(&junit(&name, &outcome))?,
+        CheckOutput::Human => print(&human(&report))?,
+        CheckOutput::Json => print_json(&to_json(&report, code))?,
+        CheckOutput::Junit => print(&junit(&report))?,
     }
-    if let Outcome::NotChecked(e) = &outcome {
-        report(&Failure::image(path, e));
+    if let Some(why) = &report.not_checked {
+        report_failure(&Failure::new(&args.image, why.clone()));
     }
     Ok(code)
 }
 
-fn counts(found: &[Located]) -> (usize, usize) {
-    let errors = found
-        .iter()
-        .filter(|f| f.finding.severity == Severity::Error)
-        .count();
-    (errors, found.len() - errors)
+fn plural(n: u64, word: &str) -> String {
+    crate::error::count(n, word, &format!("{word}s"))
 }
 
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
+/// Where a finding is, for people: ` (at 0x200, 1024 bytes)`.
+fn place(f: &Located) -> String {
+    match (f.finding.offset, f.finding.length) {
+        (Some(o), Some(l)) => format!(" (at {o:#x}, {})", plural(l, "byte")),
+        (Some(o), None) => format!(" (at {o:#x})"),
+        _ => String::new(),
     }
 }
 
-fn human(name: &str, outcome: &Outcome) -> String {
-    let name = &escape(name);
-    let Outcome::Checked(found) = outcome else {
-        // The error line on stderr says it all.
-        return String::new();
+fn human(report: &Report) -> String {
+    let name = escape(&report.path);
+    let found = &report.findings;
+    let mut out = match report.verdict() {
+        Verdict::Clean => format!("{name}: clean, no findings\n"),
+        Verdict::NotChecked if found.is_empty() => return String::new(),
+        _ => format!(
+            "{name}: {}, {}\n",
+            plural(report.errors() as u64, "error"),
+            plural(report.warnings() as u64, "warning")
+        ),
     };
-    if found.is_empty() {
-        return format!("{name}: clean, no findings\n");
-    }
-    let (errors, warnings) = counts(found);
-    let mut out = format!(
-        "{name}: {}, {}\n",
-        plural(errors, "error"),
-        plural(warnings, "warning")
-    );
     for f in found {
-        let whose = if escape(&f.image) == *name {
+        let whose = if f.depth == 0 {
             String::new()
         } else {
             format!("{}: ", escape(&f.image))
         };
         let _ = writeln!(
             out,
-            "  {:<7}  {}  {whose}{}",
+            "  {:<7}  {}  {whose}{}{}",
             severity_name(f.finding.severity),
             f.finding.rule.id(),
-            escape(&f.finding.message)
+            escape(&f.finding.message),
+            place(f)
         );
+    }
+    if report.layers.len() > 1 {
+        let chain: Vec<String> = report.layers.iter().map(|l| escape(&l.path)).collect();
+        let _ = writeln!(out, "  chain: {}", chain.join(" -> "));
     }
     out
 }
 
-fn to_json(name: &str, outcome: &Outcome, code: i32) -> Value {
-    match outcome {
-        Outcome::NotChecked(e) => json!({
-            "schema_version": 1,
-            "path": name,
-            "verdict": "not_checked",
-            "exit_code": code,
-            "error": e.to_string(),
-            "rule": e.rule().map(Rule::id),
-            "errors": 0,
-            "warnings": 0,
-            "findings": [],
-        }),
-        Outcome::Checked(found) => {
-            let (errors, warnings) = counts(found);
-            let verdict = if errors > 0 {
-                "errors"
-            } else if warnings > 0 {
-                "warnings"
-            } else {
-                "clean"
-            };
-            json!({
-                "schema_version": 1,
-                "path": name,
-                "verdict": verdict,
-                "exit_code": code,
-                "errors": errors,
-                "warnings": warnings,
-                "findings": found.iter().map(|f| json!({
-                    "rule": f.finding.rule.id(),
-                    "severity": severity_name(f.finding.severity),
-                    "message": f.finding.message,
-                    "image": f.image,
-                })).collect::<Vec<_>>(),
-            })
-        }
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Clean => "clean",
+        Verdict::Warnings => "warnings",
+        Verdict::Errors => "errors",
+        Verdict::NotChecked => "not_checked",
     }
+}
+
+/// The JSON document (schema version 1): `path`, `verdict` (`clean`,
+/// `warnings`, `errors`, `not_checked`), `exit_code`, `errors`,
+/// `warnings`, `error` (why it could not be checked, or null), `layers`
+/// (`depth`, `path`, `type`) and `findings` (`rule`, `severity`,
+/// `message`, `image`, `depth`, `offset`, `length`).
+fn to_json(report: &Report, code: i32) -> Value {
+    json!({
+        "schema_version": 1,
+        "path": report.path,
+        "verdict": verdict_name(report.verdict()),
+        "exit_code": code,
+        "errors": report.errors(),
+        "warnings": report.warnings(),
+        "error": report.not_checked,
+        "layers": report.layers.iter().map(|l| json!({
+            "depth": l.depth,
+            "path": l.path,
+            "type": l.disk_type.map(crate::DiskType::name),
+        })).collect::<Vec<_>>(),
+        "findings": report.findings.iter().map(|f| json!({
+            "rule": f.finding.rule.id(),
+            "severity": severity_name(f.finding.severity),
+            "message": f.finding.message,
+            "image": f.image,
+            "depth": f.depth,
+            "offset": f.finding.offset,
+            "length": f.finding.length,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Escapes text for XML attributes and content (control characters
@@ -244,53 +205,55 @@ fn xml(text: &str) -> String {
 /// rule of [`Rule::ALL`]; a broken rule is a `<failure>` whose type is its
 /// severity. An image that could not be checked is one test case `open`
 /// with an `<error>`.
-fn junit(name: &str, outcome: &Outcome) -> String {
+fn junit(report: &Report) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let suite_name = xml(&format!("vhd check {name}"));
-    match outcome {
-        Outcome::NotChecked(e) => {
-            let _ = write!(
-                out,
-                "<testsuites tests=\"1\" failures=\"0\" errors=\"1\">\n  <testsuite name=\"{suite_name}\" tests=\"1\" failures=\"0\" errors=\"1\">\n    <testcase classname=\"vhd.check\" name=\"open\">\n      <error message=\"{}\"/>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
-                xml(&e.to_string())
-            );
-        }
-        Outcome::Checked(found) => {
-            let broken: Vec<Rule> = Rule::ALL
-                .iter()
-                .copied()
-                .filter(|r| found.iter().any(|f| f.finding.rule == *r))
-                .collect();
-            let (tests, failures) = (Rule::ALL.len(), broken.len());
-            let _ = write!(
-                out,
-                "<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  <testsuite name=\"{suite_name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n"
-            );
-            for rule in Rule::ALL {
-                let mine: Vec<&Located> =
-                    found.iter().filter(|f| f.finding.rule == *rule).collect();
-                let head = format!(
-                    "    <testcase classname=\"vhd.check\" name=\"{}\"",
-                    xml(rule.id())
-                );
-                if mine.is_empty() {
-                    let _ = writeln!(out, "{head}/>");
-                    continue;
-                }
-                let text: Vec<String> = mine
-                    .iter()
-                    .map(|f| xml(&format!("{}: {}", f.image, f.finding.message)))
-                    .collect();
-                let _ = write!(
-                    out,
-                    "{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
-                    severity_name(rule.severity()),
-                    xml(rule.summary()),
-                    text.join("\n")
-                );
-            }
-            out.push_str("  </testsuite>\n</testsuites>\n");
-        }
+    let suite_name = xml(&format!("vhd check {}", report.path));
+    if let (Some(why), true) = (&report.not_checked, report.findings.is_empty()) {
+        let _ = write!(
+            out,
+            "<testsuites tests=\"1\" failures=\"0\" errors=\"1\">\n  <testsuite name=\"{suite_name}\" tests=\"1\" failures=\"0\" errors=\"1\">\n    <testcase classname=\"vhd.check\" name=\"open\">\n      <error message=\"{}\"/>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
+            xml(why)
+        );
+        return out;
     }
+    let found = &report.findings;
+    let broken: Vec<Rule> = Rule::ALL
+        .iter()
+        .copied()
+        .filter(|r| found.iter().any(|f| f.finding.rule == *r))
+        .collect();
+    let (tests, failures) = (Rule::ALL.len(), broken.len());
+    let _ = write!(
+        out,
+        "<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  <testsuite name=\"{suite_name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n"
+    );
+    for rule in Rule::ALL {
+        let mine: Vec<&Located> = found.iter().filter(|f| f.finding.rule == *rule).collect();
+        let head = format!(
+            "    <testcase classname=\"vhd.check\" name=\"{}\"",
+            xml(rule.id())
+        );
+        if mine.is_empty() {
+            let _ = writeln!(out, "{head}/>");
+            continue;
+        }
+        let text: Vec<String> = mine
+            .iter()
+            .map(|f| xml(&format!("{}: {}{}", f.image, f.finding.message, place(f))))
+            .collect();
+        let severity = mine
+            .iter()
+            .map(|f| f.finding.severity)
+            .max()
+            .unwrap_or(rule.severity());
+        let _ = write!(
+            out,
+            "{head}>\n      <failure type=\"{}\" message=\"{}\">{}</failure>\n    </testcase>\n",
+            severity_name(severity),
+            xml(rule.summary()),
+            text.join("\n")
+        );
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
     out
 }

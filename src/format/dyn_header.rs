@@ -61,6 +61,8 @@ pub struct RawDynHeader {
 
 const _: () = assert!(size_of::<RawDynHeader>() == DYN_HEADER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawDynHeader, checksum) == CHECKSUM_OFFSET);
+const _: () = assert!(std::mem::offset_of!(RawDynHeader, reserved1) == 60);
+const _: () = assert!(std::mem::offset_of!(RawDynHeader, reserved2) == 768);
 
 /// A dynamic header that passed its own hard rules (cookie, checksum,
 /// version, block size). Rules that need the footer or the file length are
@@ -91,22 +93,28 @@ impl DynHeader {
     /// Parses 1024 header bytes read at `offset` (used in messages),
     /// checking cookie, checksum, version and block size.
     pub fn parse(bytes: &[u8; DYN_HEADER_SIZE], offset: u64) -> Result<DynHeader> {
+        check_header_cookie(bytes, offset)?;
+        let computed = checksum(bytes, CHECKSUM_OFFSET);
+        let stored = u32::from_be_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]);
+        if stored != computed {
+            return Err(Error::HeaderChecksum { stored, computed });
+        }
+        Self::parse_ignoring_checksum(bytes, offset)
+    }
+
+    /// Parses with every hard rule but the checksum: for a checker that
+    /// has reported a checksum mismatch and goes on to judge the BAT the
+    /// fields describe.
+    pub fn parse_ignoring_checksum(
+        bytes: &[u8; DYN_HEADER_SIZE],
+        offset: u64,
+    ) -> Result<DynHeader> {
+        check_header_cookie(bytes, offset)?;
         let raw =
             RawDynHeader::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::HeaderCookie {
                 offset,
                 found: String::new(),
             })?;
-        if raw.cookie != HEADER_COOKIE {
-            return Err(Error::HeaderCookie {
-                offset,
-                found: escape_cookie(&raw.cookie),
-            });
-        }
-        let computed = checksum(bytes, CHECKSUM_OFFSET);
-        let stored = raw.checksum.get();
-        if stored != computed {
-            return Err(Error::HeaderChecksum { stored, computed });
-        }
         let header_version = raw.header_version.get();
         if header_version >> 16 != 1 {
             return Err(Error::HeaderVersion {
@@ -130,6 +138,12 @@ impl DynHeader {
             parent_unicode_name: raw.parent_unicode_name,
             parent_locators,
         })
+    }
+
+    /// Whether the reserved fields of `bytes` (4 bytes at 0x3C and the last
+    /// 256 bytes) are all zero (HDR-RESERVED).
+    pub fn reserved_is_zero(bytes: &[u8; DYN_HEADER_SIZE]) -> bool {
+        bytes[60..64].iter().all(|&b| b == 0) && bytes[768..].iter().all(|&b| b == 0)
     }
 
     /// The 1024 bytes of this header, checksum filled in.
@@ -205,6 +219,17 @@ impl DynHeader {
             ));
         }
         out
+    }
+}
+
+fn check_header_cookie(bytes: &[u8; DYN_HEADER_SIZE], offset: u64) -> Result<()> {
+    if bytes[..8] == HEADER_COOKIE {
+        Ok(())
+    } else {
+        Err(Error::HeaderCookie {
+            offset,
+            found: escape_cookie(&bytes[..8]),
+        })
     }
 }
 

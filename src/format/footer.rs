@@ -24,6 +24,8 @@ pub const FEATURE_TEMPORARY: u32 = 0x0000_0001;
 pub const NO_DATA_OFFSET: u64 = u64::MAX;
 /// Offset of the checksum field in the footer.
 pub const CHECKSUM_OFFSET: usize = 64;
+/// Offset of the reserved bytes at the end of the footer.
+pub const RESERVED_OFFSET: usize = 85;
 
 /// The footer exactly as on disk.
 #[derive(Debug, Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -69,6 +71,7 @@ pub struct RawFooter {
 
 const _: () = assert!(size_of::<RawFooter>() == FOOTER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawFooter, checksum) == CHECKSUM_OFFSET);
+const _: () = assert!(std::mem::offset_of!(RawFooter, reserved) == RESERVED_OFFSET);
 
 /// The kind of image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -153,11 +156,18 @@ impl Footer {
     /// Parses 512 footer bytes, checking the hard rules in order: cookie,
     /// checksum, version, disk type.
     pub fn parse(bytes: &[u8; FOOTER_SIZE]) -> Result<Footer> {
-        let raw = RawFooter::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::FooterSize {
-            len: bytes.len() as u64,
-        })?;
+        let raw = raw_footer(bytes)?;
         check_cookie(raw)?;
         check_checksum(bytes)?;
+        Self::parse_ignoring_checksum(bytes)
+    }
+
+    /// Parses 512 footer bytes with every hard rule but the checksum: for
+    /// a checker that has reported a checksum mismatch and goes on to judge
+    /// what the fields describe.
+    pub fn parse_ignoring_checksum(bytes: &[u8; FOOTER_SIZE]) -> Result<Footer> {
+        let raw = raw_footer(bytes)?;
+        check_cookie(raw)?;
         let footer = Footer::from_raw(raw);
         check_version(raw)?;
         let disk_type = DiskType::from_code(raw.disk_type.get()).ok_or(Error::FooterDiskType {
@@ -167,6 +177,16 @@ impl Footer {
             disk_type,
             ..footer
         })
+    }
+
+    /// Whether the reserved bytes at the end of `bytes` (a footer of 512,
+    /// or 511 for an old writer's short one) are all zero (FTR-RESERVED).
+    pub fn reserved_is_zero(bytes: &[u8]) -> bool {
+        bytes
+            .get(RESERVED_OFFSET..)
+            .unwrap_or_default()
+            .iter()
+            .all(|&b| b == 0)
     }
 
     fn from_raw(raw: &RawFooter) -> Footer {
@@ -305,6 +325,12 @@ impl Footer {
 /// Four bytes of a creator field as text.
 pub fn fourcc(bytes: &[u8; 4]) -> String {
     bytes.escape_ascii().to_string()
+}
+
+fn raw_footer(bytes: &[u8; FOOTER_SIZE]) -> Result<&RawFooter> {
+    RawFooter::ref_from_bytes(bytes.as_slice()).map_err(|_| Error::FooterSize {
+        len: bytes.len() as u64,
+    })
 }
 
 fn check_cookie(raw: &RawFooter) -> Result<()> {

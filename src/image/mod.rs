@@ -17,11 +17,22 @@ pub use commit::CommitStats;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
 pub(crate) use guarded::Guarded;
+pub(crate) use locators::decode as decode_locators;
 pub use locators::windows_path_to_local;
 pub(crate) use open::file_open_error;
 pub use open::{OpenOptions, probe};
 pub use parent::ParentSource;
 pub use resolver::ParentResolver;
+/// The rule checks of `open`, shared with the checker.
+pub(crate) mod rules {
+    pub(crate) use super::open::{
+        check_block_clear_of_metadata, check_block_in_file, check_header_place,
+        check_table_aligned, check_table_clear_of_header, check_table_clear_of_locators,
+        check_table_entries, check_table_in_file, locate_footer, metadata_regions, overlap,
+        read_bat,
+    };
+}
+pub(crate) use resolver::{ChainGuard, image_metadata};
 
 use std::path::{Path, PathBuf};
 
@@ -203,6 +214,11 @@ impl Image {
     /// Warnings found when opening (rules of severity warning), this image only.
     pub fn findings(&self) -> &[Finding] {
         &self.findings
+    }
+
+    /// The storage the image reads (for the checker).
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        &self.storage
     }
 
     /// Offset of the trailing footer in the file.

@@ -39,6 +39,9 @@ pub struct OpenOptions {
     pub(crate) parent_writable: bool,
     pub(crate) skip_parent: bool,
     pub(crate) bitmap_cache_bytes: Option<u64>,
+    /// Open each parent as a layer of its own, without its chain (the
+    /// checker walks the chain one link at a time).
+    pub(crate) parent_layer_only: bool,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -184,6 +187,8 @@ impl OpenOptions {
             write: self.parent_writable,
             ignore_parent_id: self.ignore_parent_id,
             resolver: self.resolver.clone(),
+            skip_parent: self.parent_layer_only,
+            parent_layer_only: self.parent_layer_only,
             ..OpenOptions::default()
         }
     }
@@ -325,18 +330,18 @@ pub(crate) fn file_open_error(path: &Path, e: OpenError) -> Error {
 }
 
 /// The footer in use and where it is.
-struct Located {
-    footer: Footer,
+pub(crate) struct Located {
+    pub(crate) footer: Footer,
     /// Offset of the trailing footer (or where it should be).
-    offset: u64,
+    pub(crate) offset: u64,
     /// The footer came from the copy at offset 0.
-    from_copy: bool,
+    pub(crate) from_copy: bool,
 }
 
 /// Finds the footer: the last 512 bytes; else a 511-byte footer of an old
 /// fixed image; else the copy at offset 0 of a dynamic or differencing
 /// image (read-only, FTR-TRAILING). The first error is the one reported.
-fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<Located> {
+pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) -> Result<Located> {
     let len = storage
         .len()
         .map_err(|e| Error::io("reading the file length", e))?;
@@ -443,21 +448,6 @@ fn load_sparse(
     let used = check_table_entries(&header, footer.current_size)?;
     check_table_place(&header, header_offset, footer_offset)?;
     let mut bat = read_bat(storage, header.table_offset, used)?;
-    let unused = count_unused_allocated(
-        storage,
-        header.table_offset + used * 4,
-        u64::from(header.max_table_entries) - used,
-    )?;
-    if unused > 0 {
-        findings.push(Finding::new(
-            Rule::BatEntryUnused,
-            format!(
-                "{} past the end of the disk ({}) allocated",
-                count(unused, "BAT entry is", "BAT entries are"),
-                count(used, "block", "blocks")
-            ),
-        ));
-    }
     let regions = metadata_regions(&header, header_offset, footer.disk_type, footer_offset);
     if footer.disk_type == DiskType::Differencing {
         check_table_clear_of_locators(&header)?;
@@ -488,7 +478,7 @@ fn load_sparse(
 
 /// FTR-DATA-OFFSET: the header lies after the footer copy and before the
 /// trailing footer.
-fn check_header_place(header_offset: u64, footer_offset: u64) -> Result<()> {
+pub(crate) fn check_header_place(header_offset: u64, footer_offset: u64) -> Result<()> {
     let header_end = header_offset.checked_add(DYN_HEADER_SIZE as u64);
     if header_offset < FOOTER_SIZE as u64 || header_end.is_none_or(|end| end > footer_offset) {
         return Err(Error::FooterDataOffset {
@@ -503,7 +493,7 @@ fn check_header_place(header_offset: u64, footer_offset: u64) -> Result<()> {
 
 /// HDR-MAX-TABLE-ENTRIES: the table covers the disk, which has at most
 /// [`MAX_BLOCKS`] blocks. Returns the number of blocks of the disk.
-fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
+pub(crate) fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
     let block_size = u64::from(header.block_size);
     let used = current_size.div_ceil(block_size);
     if used > MAX_BLOCKS {
@@ -530,6 +520,14 @@ fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
 /// clear of the footers and the header. Checked before any of it is read,
 /// so a huge `max_table_entries` costs nothing.
 fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64) -> Result<()> {
+    check_table_in_file(header, footer_offset)?;
+    check_table_aligned(header)?;
+    check_table_clear_of_header(header, header_offset)
+}
+
+/// HDR-TABLE-OFFSET, part 1: the table lies between the footer copy and
+/// the trailing footer.
+pub(crate) fn check_table_in_file(header: &DynHeader, footer_offset: u64) -> Result<()> {
     let table_offset = header.table_offset;
     let table_bytes = u64::from(header.max_table_entries) * 4;
     let table_end = table_offset.checked_add(table_bytes);
@@ -542,13 +540,25 @@ fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64)
             ),
         });
     }
-    if !table_offset.is_multiple_of(SECTOR_SIZE) {
-        return Err(Error::TableOffset {
-            offset: table_offset,
+    Ok(())
+}
+
+/// HDR-TABLE-OFFSET, part 2: the table starts on a sector boundary.
+pub(crate) fn check_table_aligned(header: &DynHeader) -> Result<()> {
+    if header.table_offset.is_multiple_of(SECTOR_SIZE) {
+        Ok(())
+    } else {
+        Err(Error::TableOffset {
+            offset: header.table_offset,
             reason: "is not sector aligned".to_string(),
-        });
+        })
     }
-    let table_end = table_offset + table_bytes;
+}
+
+/// HDR-TABLE-OFFSET, part 3: the table does not overlap the header.
+pub(crate) fn check_table_clear_of_header(header: &DynHeader, header_offset: u64) -> Result<()> {
+    let table_offset = header.table_offset;
+    let table_end = table_offset.saturating_add(u64::from(header.max_table_entries) * 4);
     if table_offset < header_offset + DYN_HEADER_SIZE as u64 && header_offset < table_end {
         return Err(Error::TableOffset {
             offset: table_offset,
@@ -561,7 +571,7 @@ fn check_table_place(header: &DynHeader, header_offset: u64, footer_offset: u64)
 /// HDR-TABLE-OFFSET: the BAT shares no byte with the data of a parent
 /// locator (judged by the data length alone, so a doubtful data space
 /// never makes a false overlap).
-fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
+pub(crate) fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
     let table = header.table_offset..header.table_offset + u64::from(header.max_table_entries) * 4;
     for (i, loc) in header.parent_locators.iter().enumerate() {
         let start = loc.platform_data_offset;
@@ -580,7 +590,7 @@ fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
 
 /// The regions blocks must not overlap: the footer copy, the header, the
 /// BAT and (differencing) the locator data that lies inside the file.
-fn metadata_regions(
+pub(crate) fn metadata_regions(
     header: &DynHeader,
     header_offset: u64,
     disk_type: DiskType,
@@ -661,21 +671,8 @@ fn check_blocks(
         }
         let start = u64::from(entry) * SECTOR_SIZE;
         let end = start + span;
-        if end > footer_offset {
-            return Err(Error::BatEntryBeyondEof {
-                block: block_at(i),
-                sector: entry,
-                end,
-                limit: footer_offset,
-            });
-        }
-        if let Some((_, _, what)) = regions.iter().find(|(rs, re, _)| start < *re && *rs < end) {
-            return Err(Error::BatEntryOverlap {
-                block: block_at(i),
-                sector: entry,
-                other: what.clone(),
-            });
-        }
+        check_block_in_file(block_at(i), entry, span, footer_offset)?;
+        check_block_clear_of_metadata(block_at(i), entry, span, regions)?;
         blocks_end = blocks_end.max(end);
         match last {
             Some((prev_end, prev_block, prev_entry)) if in_order => {
@@ -717,34 +714,53 @@ fn check_blocks(
     Ok(blocks_end)
 }
 
-fn overlap(block: u32, sector: u32, other_block: u32, other_sector: u32) -> Error {
+/// BAT-ENTRY-BEYOND-EOF for one allocated block: it ends before the
+/// trailing footer.
+pub(crate) fn check_block_in_file(
+    block: u32,
+    entry: u32,
+    span: u64,
+    footer_offset: u64,
+) -> Result<()> {
+    let end = u64::from(entry) * SECTOR_SIZE + span;
+    if end > footer_offset {
+        return Err(Error::BatEntryBeyondEof {
+            block,
+            sector: entry,
+            end,
+            limit: footer_offset,
+        });
+    }
+    Ok(())
+}
+
+/// BAT-ENTRY-OVERLAP for one allocated block against the metadata
+/// `regions` (see [`metadata_regions`]).
+pub(crate) fn check_block_clear_of_metadata(
+    block: u32,
+    entry: u32,
+    span: u64,
+    regions: &[(u64, u64, String)],
+) -> Result<()> {
+    let start = u64::from(entry) * SECTOR_SIZE;
+    let end = start + span;
+    match regions.iter().find(|(rs, re, _)| start < *re && *rs < end) {
+        Some((_, _, what)) => Err(Error::BatEntryOverlap {
+            block,
+            sector: entry,
+            other: what.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// BAT-ENTRY-OVERLAP between two blocks.
+pub(crate) fn overlap(block: u32, sector: u32, other_block: u32, other_sector: u32) -> Error {
     Error::BatEntryOverlap {
         block,
         sector,
         other: format!("block {other_block} at sector {other_sector:#x}"),
     }
-}
-
-/// Counts allocated entries among `count` BAT entries at `offset` (the
-/// entries past the disk), reading at most 64 KiB at a time.
-fn count_unused_allocated(storage: &dyn Storage, offset: u64, count: u64) -> Result<u64> {
-    const CHUNK_ENTRIES: u64 = 16 * 1024;
-    let mut allocated = 0;
-    let mut done = 0;
-    let mut buf = Vec::new();
-    while done < count {
-        let n = CHUNK_ENTRIES.min(count - done);
-        buf.resize(usize::try_from(n * 4).unwrap_or(0), 0);
-        storage
-            .read_exact_at(&mut buf, offset + done * 4)
-            .map_err(|e| Error::io("reading the BAT", e))?;
-        allocated += parse_bat(&buf)
-            .iter()
-            .filter(|&&e| e != UNALLOCATED)
-            .count() as u64;
-        done += n;
-    }
-    Ok(allocated)
 }
 
 /// The lock mode name for messages.

@@ -81,10 +81,13 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
         if !ignore_id {
             return Err(e);
         }
-        child.findings.push(Finding::new(
-            Rule::ParUniqueId,
-            format!("{e} (ignored on request)"),
-        ));
+        child.findings.push(
+            Finding::new(
+                Rule::ParUniqueId,
+                format!("{}; accepted as asked", e.text_without_rule()),
+            )
+            .as_warning(),
+        );
     }
     if parent.size() != child.size() {
         return Err(Error::ParentSize {
@@ -92,6 +95,9 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
             parent_size: parent.size(),
             child_size: child.size(),
         });
+    }
+    if let Some(f) = name_mismatch(&header, parent) {
+        child.findings.push(f);
     }
     let stamp = header.parent_time_stamp;
     let mtime_matches = parent
@@ -110,4 +116,23 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
         ));
     }
     Ok(())
+}
+
+/// PAR-NAME-MISMATCH: the file name the child records for its parent (the
+/// part of `parent_unicode_name` after the last separator) is the file
+/// name of the parent found, compared without case as Windows does. Only
+/// for a parent opened from a file and a name that decodes.
+pub(crate) fn name_mismatch(header: &crate::format::DynHeader, parent: &Image) -> Option<Finding> {
+    let Some(Ok(name)) = header.parent_name() else {
+        return None;
+    };
+    let recorded = name.rsplit(['\\', '/']).next().unwrap_or(&name);
+    let actual = parent.path()?.file_name()?.to_string_lossy();
+    if recorded.is_empty() || recorded.to_lowercase() == actual.to_lowercase() {
+        return None;
+    }
+    Some(Finding::new(
+        Rule::ParNameMismatch,
+        format!("the child names its parent {recorded:?}, but the parent found is {actual:?}"),
+    ))
 }

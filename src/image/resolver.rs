@@ -130,6 +130,12 @@ impl ChainGuard {
         Ok(())
     }
 
+    /// Enters the image file at `path` (its identity from the file system).
+    pub(crate) fn enter_file(&mut self, path: &Path) -> Result<()> {
+        let meta = image_metadata(path, true)?;
+        self.enter(Some(file_id(path, &meta)), &path.display().to_string())
+    }
+
     /// How many images are in the chain so far.
     pub(crate) fn depth(&self) -> usize {
         self.seen.len()

@@ -1,0 +1,201 @@
+//! How a dynamic or differencing image uses its file: FILE-LEAK,
+//! FILE-TAIL and FILE-ORDER.
+//!
+//! The structures that reference space are the footer copy, the dynamic
+//! header, the BAT (padded to a sector), the data space of each parent
+//! locator that lies in the file, Xen's batmap (a `tdbatmap` header right
+//! after the BAT and the map it points at, which blktap writes), and every
+//! readable block (bitmap and data). Between them, gaps shorter than a
+//! block span are alignment padding (Windows aligns block data to 4 KiB);
+//! a gap of a block span or more is space nothing uses (FILE-LEAK), such
+//! as a block appended by a writer that was killed before it wrote the
+//! BAT entry. Before the trailing footer, a short gap must hold only zeros
+//! (FILE-TAIL).
+
+use crate::error::{Error, Result, count};
+use crate::format::bat::{UNALLOCATED, bat_size_on_disk};
+use crate::format::{DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
+use crate::rules::{Finding, Rule};
+use crate::storage::Storage;
+
+use super::CheckOptions;
+use super::layer::{Findings, SparseState};
+
+/// Bytes read per step when a gap is scanned for data.
+const WINDOW: u64 = 1 << 20;
+
+/// The regions of metadata that reference space: `(start, end)`.
+fn metadata(storage: &dyn Storage, state: &SparseState) -> Vec<(u64, u64)> {
+    let h = &state.header;
+    let bat_end = h.table_offset + bat_size_on_disk(h.max_table_entries);
+    let mut regions = vec![
+        (0, FOOTER_SIZE as u64),
+        (
+            state.header_offset,
+            state.header_offset + DYN_HEADER_SIZE as u64,
+        ),
+        (h.table_offset, bat_end),
+    ];
+    for loc in h.parent_locators.iter().filter(|l| l.is_used()) {
+        let start = loc.platform_data_offset;
+        let len = loc
+            .data_space_bytes()
+            .max(u64::from(loc.platform_data_length));
+        if let Some(end) = start.checked_add(len).filter(|&e| e <= state.footer_offset) {
+            regions.push((start, end));
+        }
+    }
+    regions.extend(batmap(storage, bat_end, state.footer_offset));
+    regions
+}
+
+/// Xen's batmap: a sector with the cookie `tdbatmap` right after the BAT,
+/// holding the map's offset (u64) and size in sectors (u32), big-endian.
+fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
+    let mut head = [0u8; 20];
+    if at + SECTOR_SIZE > limit || storage.read_exact_at(&mut head, at).is_err() {
+        return Vec::new();
+    }
+    if &head[..8] != b"tdbatmap" {
+        return Vec::new();
+    }
+    let mut out = vec![(at, at + SECTOR_SIZE)];
+    let offset = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+    let sectors = u64::from(u32::from_be_bytes(
+        head[16..20].try_into().unwrap_or_default(),
+    ));
+    if let Some(end) = sectors
+        .checked_mul(SECTOR_SIZE)
+        .and_then(|n| offset.checked_add(n))
+        .filter(|&e| e <= limit && offset >= FOOTER_SIZE as u64)
+    {
+        out.push((offset, end));
+    }
+    out
+}
+
+/// FILE-ORDER, FILE-LEAK and FILE-TAIL over the readable blocks of `bat`.
+pub(crate) fn judge_space(
+    storage: &dyn Storage,
+    state: &SparseState,
+    bat: &[u32],
+    options: &CheckOptions,
+    out: &mut Findings,
+) -> Result<()> {
+    let mut meta = metadata(storage, state);
+    meta.sort_unstable();
+    // Blocks in the order they lie in the file.
+    let mut blocks: Vec<u32> = bat.iter().copied().filter(|&e| e != UNALLOCATED).collect();
+    blocks.sort_unstable();
+    let span = state.span;
+    if let (Some(&first), Some(meta_end)) = (
+        blocks.first(),
+        meta.iter().filter(|r| r.0 > 0).map(|r| r.1).max(),
+    ) {
+        let first_start = u64::from(first) * SECTOR_SIZE;
+        if first_start < meta_end {
+            out.push(
+                Finding::new(
+                    Rule::FileOrder,
+                    format!(
+                        "a block starts at {first_start:#x}, before the end of the metadata at {meta_end:#x}"
+                    ),
+                )
+                .at(first_start, span),
+            );
+        }
+    }
+    // The end of the data area: the trailing footer, or (when only the
+    // copy is valid) the place the damaged footer takes.
+    let limit = if state.from_copy {
+        state.len.saturating_sub(FOOTER_SIZE as u64)
+    } else {
+        state.footer_offset
+    };
+    let mut covered = 0u64;
+    let mut leaks = 0u64;
+    let mut note = |start: u64, end: u64, out: &mut Findings| {
+        if end > start && end - start >= span {
+            leaks += 1;
+            out.push(
+                Finding::new(
+                    Rule::FileLeak,
+                    format!(
+                        "{} at {start:#x} {} referenced by nothing (a block span is {span} bytes)",
+                        count(end - start, "byte", "bytes"),
+                        if end - start == 1 { "is" } else { "are" }
+                    ),
+                )
+                .at(start, end - start),
+            );
+        }
+    };
+    let mut mi = meta.iter().peekable();
+    let mut bi = blocks.iter().peekable();
+    loop {
+        let next = match (mi.peek(), bi.peek()) {
+            (Some(&&(ms, me)), Some(&&b)) => {
+                let bs = u64::from(b) * SECTOR_SIZE;
+                if ms <= bs {
+                    mi.next();
+                    (ms, me)
+                } else {
+                    bi.next();
+                    (bs, bs + span)
+                }
+            }
+            (Some(&&r), None) => {
+                mi.next();
+                r
+            }
+            (None, Some(&&b)) => {
+                bi.next();
+                let bs = u64::from(b) * SECTOR_SIZE;
+                (bs, bs + span)
+            }
+            (None, None) => break,
+        };
+        if next.0 > covered {
+            note(covered, next.0.min(limit), out);
+        }
+        covered = covered.max(next.1);
+    }
+    if covered < limit {
+        if limit - covered >= span {
+            note(covered, limit, out);
+        } else if options.data_checks
+            && let Some(at) = first_nonzero(storage, covered, limit)?
+        {
+            out.push(
+                Finding::new(
+                    Rule::FileTail,
+                    format!(
+                        "{} between the last structure (ending at {covered:#x}) and the trailing footer hold data, first at {at:#x}",
+                        count(limit - covered, "byte", "bytes")
+                    ),
+                )
+                .at(covered, limit - covered),
+            );
+        }
+    }
+    let _ = leaks;
+    Ok(())
+}
+
+/// The offset of the first byte that is not zero in `start..end`.
+fn first_nonzero(storage: &dyn Storage, start: u64, end: u64) -> Result<Option<u64>> {
+    let mut buf = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let n = (end - pos).min(WINDOW);
+        buf.resize(usize::try_from(n).unwrap_or(0), 0);
+        storage
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| Error::io("reading the space before the footer", e))?;
+        if let Some(k) = buf.iter().position(|&b| b != 0) {
+            return Ok(Some(pos + k as u64));
+        }
+        pos += n;
+    }
+    Ok(None)
+}
