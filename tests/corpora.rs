@@ -1,12 +1,16 @@
 //! `corpora/manifest.json` (schema 2) holds vhdref to the conformance
-//! corpus: every case that must open opens with `Image::open`, is as large
-//! as its `current_size`, reads as its `sha256` (each layer of a chain too),
-//! shows the expected `info` fields and reports no finding outside its
-//! `rules`; every case that must not open is refused with one of its rules.
+//! corpus:
 //!
-//! Until the full checker (`vhdref::check`) exists, this checks what `open`
-//! can see: a subset of the rules (the checker will be held to the exact
-//! set). Cases stored as `.gz` are unpacked into a temporary directory first,
+//! * the checker (`vhdref::check`) reports exactly the case's `rules`, plus
+//!   its `parent_rules` (what an invalid parent breaks on its own, found
+//!   when that parent is judged as a layer), no more and no less, and its
+//!   verdict is the case's;
+//! * every case that must open opens with `Image::open`, is as large as its
+//!   `current_size`, reads as its `sha256` (each layer of a chain too),
+//!   shows the expected `info` fields and reports no finding outside its
+//!   `rules`; every case that must not open is refused with one of them.
+//!
+//! Cases stored as `.gz` are unpacked into a temporary directory first,
 //! keeping their directory layout, so parent locators still resolve.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,24 +22,8 @@ use std::path::{Path, PathBuf};
 use flate2::read::GzDecoder;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use vhdref::check::{self, CheckOptions, Verdict};
 use vhdref::{Image, ParentSource, Rule, Severity};
-
-/// Rules the corpus already uses but `src/rules.rs` does not list yet
-/// (issue 11 adds them), with their severities from the lead's plan.
-const NEW_RULES: &[(&str, Severity)] = &[
-    ("PAR-INVALID", Severity::Error),
-    ("FILE-LEAK", Severity::Warning),
-    ("FILE-TAIL", Severity::Warning),
-    ("FILE-ORDER", Severity::Warning),
-    ("BMP-CLEAR-DATA", Severity::Warning),
-    ("BMP-PAST-END", Severity::Warning),
-    ("FTR-RESERVED", Severity::Warning),
-    ("HDR-RESERVED", Severity::Warning),
-    ("PAR-LOCATOR-OVERLAP", Severity::Warning),
-    ("PAR-LOCATOR-SPACE", Severity::Warning),
-    ("PAR-LOCATOR-MISSING", Severity::Warning),
-    ("PAR-NAME-MISMATCH", Severity::Warning),
-];
 
 const FAMILIES: &[&str] = &[
     "win",
@@ -61,16 +49,12 @@ fn manifest() -> Value {
     serde_json::from_str(&text).expect("corpora/manifest.json is JSON")
 }
 
-/// Every rule ID with its severity: the ones vhdref knows and the new ones.
+/// Every rule ID with its severity.
 fn all_rules() -> BTreeMap<String, Severity> {
-    let mut rules: BTreeMap<String, Severity> = Rule::ALL
+    Rule::ALL
         .iter()
         .map(|r| (r.id().to_string(), r.severity()))
-        .collect();
-    for (id, severity) in NEW_RULES {
-        rules.entry((*id).to_string()).or_insert(*severity);
-    }
-    rules
+        .collect()
 }
 
 fn text<'a>(case: &'a Value, key: &str) -> &'a str {
@@ -80,12 +64,60 @@ fn text<'a>(case: &'a Value, key: &str) -> &'a str {
 }
 
 fn rules_of(case: &Value) -> BTreeSet<String> {
-    case["rules"]
+    ids(case, "rules")
+}
+
+/// The rule IDs listed under `key` (empty when the key is absent).
+fn ids(case: &Value, key: &str) -> BTreeSet<String> {
+    case[key]
         .as_array()
-        .unwrap_or_else(|| panic!("{}: rules is a list", case["name"]))
-        .iter()
+        .into_iter()
+        .flatten()
         .map(|r| r.as_str().expect("a rule ID is a string").to_string())
         .collect()
+}
+
+/// The checker's report on the case: every rule found (in every layer of
+/// the chain) and the verdict.
+fn check_case(case: &Value, place: &Materialized, failures: &mut Vec<String>) {
+    let name = text(case, "name");
+    let file = text(case, "file");
+    let report = check::check(place.path(file), &CheckOptions::new());
+    let got: BTreeSet<String> = report
+        .findings
+        .iter()
+        .map(|f| f.finding.rule.id().to_string())
+        .collect();
+    let mut want = rules_of(case);
+    want.extend(ids(case, "parent_rules"));
+    if got != want {
+        let detail: Vec<String> = report
+            .findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} at depth {}: {}",
+                    f.finding.rule, f.depth, f.finding.message
+                )
+            })
+            .collect();
+        failures.push(format!(
+            "{name}: the checker found {got:?}, expected {want:?}\n    {}",
+            detail.join("\n    ")
+        ));
+    }
+    let verdict = match report.verdict() {
+        Verdict::Clean => "valid",
+        Verdict::Warnings => "warnings",
+        Verdict::Errors | Verdict::NotChecked => "errors",
+    };
+    if verdict != text(case, "verdict") {
+        failures.push(format!(
+            "{name}: the checker's verdict is {:?}, expected {}",
+            report.verdict(),
+            text(case, "verdict")
+        ));
+    }
 }
 
 /// Whether a stored file is gzip-compressed (its name ends in `.gz`).
@@ -252,6 +284,7 @@ fn check_open_case(case: &Value, failures: &mut Vec<String>) {
     let file = text(case, "file");
     let rules = rules_of(case);
     let place = Materialized::new(file);
+    check_case(case, &place, failures);
     let mut img = match Image::open(place.path(file)) {
         Ok(img) => img,
         Err(e) => {
@@ -298,26 +331,17 @@ fn check_open_case(case: &Value, failures: &mut Vec<String>) {
     }
 }
 
-/// Cases whose expected rule is PAR-INVALID (a parent that is not a valid
-/// VHD). vhdref's `open` predates that rule and reports the parent's own
-/// error, or PAR-NOT-FOUND, instead; issue 11 fixes it. Until then any
-/// refusal is accepted for them, and only for them.
-fn known_to_be_fixed_by_issue_11(rules: &BTreeSet<String>) -> bool {
-    rules.contains("PAR-INVALID")
-}
-
 fn check_refused_case(case: &Value, failures: &mut Vec<String>) {
     let name = text(case, "name");
     let file = text(case, "file");
     let rules = rules_of(case);
     let place = Materialized::new(file);
+    check_case(case, &place, failures);
     match Image::open(place.path(file)) {
         Ok(_) => failures.push(format!("{name}: opened, expected a refusal with {rules:?}")),
         Err(e) => {
             let got = e.rule().map(|r| r.id().to_string());
-            let accepted = got.as_ref().is_some_and(|g| rules.contains(g))
-                || known_to_be_fixed_by_issue_11(&rules);
-            if !accepted {
+            if !got.as_ref().is_some_and(|g| rules.contains(g)) {
                 failures.push(format!(
                     "{name}: refused with {e}, expected one of {rules:?}"
                 ));

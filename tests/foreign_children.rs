@@ -319,7 +319,7 @@ fn a_wrong_relative_locator_loses_to_a_right_absolute_one() {
     fixed_parent(&dir.path().join("impostor.vhd"), 11);
     let parent = fixed_parent(&dir.path().join("parent.vhd"), 12);
     let child = child_of(&parent, BLOCK)
-        .parent_name("impostor.vhd")
+        .parent_name("parent.vhd")
         .locator(Platform::W2ru, ".\\impostor.vhd", DataSpace::Bytes)
         .locator(Platform::W2ku, &abs(&parent.path), DataSpace::Bytes);
     let img = open_and_compare(&child, &dir.path().join("child.vhd"), &parent);

@@ -528,9 +528,10 @@ def x_PAR_NOT_FOUND_w2ku_only(ctx, c):
     """The child's only locator is W2ku with an absolute path that exists
     nowhere, and its name is empty."""
     p = Phantom(ctx, "base.vhd", 64 * KIB)
-    ch = child(ctx, "child.vhd", p, locs=())
+    ch = child(ctx, "child.vhd", p, locs=(), write=False)
     ch.header.parent_name = b""
     ch.locator(0, b"W2ku", "/nonexistent/vhdref-corpus/base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch], layer_ok=[False])
 
@@ -539,10 +540,11 @@ def x_PAR_NOT_FOUND_w2ku_only(ctx, c):
 def x_PAR_NOT_FOUND_drive_letter(ctx, c):
     """W2ku 'C:\\VMs\\base.vhd' and W2ru '..\\gone\\base.vhd': neither is here."""
     p = Phantom(ctx, "base.vhd", 64 * KIB)
-    ch = child(ctx, "child.vhd", p, locs=())
+    ch = child(ctx, "child.vhd", p, locs=(), write=False)
     ch.header.parent_name = utf16be_name("C:\\VMs\\gone.vhd")
     ch.locator(0, b"W2ku", "C:\\VMs\\base.vhd")
     ch.locator(1, b"W2ru", "..\\gone\\base.vhd")
+    child_work(ch, ctx)
     ch.finish()
     chain(c, [ch], layer_ok=[False])
 
@@ -685,10 +687,11 @@ def x_PAR_INVALID_parent_checksum(ctx, c):
     c.parent_rules = ["FTR-CHECKSUM"]
 
 
-@case("generator", ["PAR-INVALID"])
-def x_PAR_INVALID_deep_unique_id(ctx, c):
-    """top -> mid -> base where mid records another ID than base has: top's
-    parent (mid) does not open, with PAR-UNIQUE-ID."""
+@case("generator", ["PAR-UNIQUE-ID"])
+def x_PAR_UNIQUE_ID_deep(ctx, c):
+    """top -> mid -> base where mid records another ID than base has: the
+    link mid -> base breaks PAR-UNIQUE-ID (reported on mid); opening top
+    fails with that error, which names base and mid."""
     b = base(ctx)
     mid = child(ctx, "mid.vhd", b)
     mid.header.parent_unique_id = ctx.uuid()
@@ -696,4 +699,3 @@ def x_PAR_INVALID_deep_unique_id(ctx, c):
     top = child(ctx, "top.vhd", mid, tag="t")
     top.finish()
     chain(c, [top, mid, b], layer_ok=[False, False, True])
-    c.parent_rules = ["PAR-UNIQUE-ID"]

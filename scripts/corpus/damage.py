@@ -694,8 +694,10 @@ def w_FILE_LEAK_before_footer(ctx, c):
 
 @case("generator", ["FILE-TAIL"])
 def w_FILE_TAIL(ctx, c):
-    """Two sectors of zeros between the last block and the trailing footer."""
+    """Two sectors between the last block and the trailing footer, holding
+    bytes an old writer left there (not zeros)."""
     img = gen_dyn(ctx, c.name)
+    img.file.write(img.end + 100, b"left behind by an earlier writer")
     img.end += 2 * SECTOR
     single(c, img)
 

@@ -132,7 +132,14 @@ def check(data, found_parent_name=None):
                 d = data[start + bm + s * 512:start + bm + (s + 1) * 512]
                 if any(d):
                     found.add("BMP-CLEAR-DATA")
-    # layout
+    # layout: blktap's batmap (a 'tdbatmap' sector right after the BAT and
+    # the map it points at) is metadata too
+    bat_end = table + -(-mte * 4 // 512) * 512
+    if data[bat_end:bat_end + 8] == b"tdbatmap":
+        map_off = int.from_bytes(data[bat_end + 8:bat_end + 16], "big")
+        map_secs = int.from_bytes(data[bat_end + 16:bat_end + 20], "big")
+        regions.append(("batmap", bat_end, bat_end + 512))
+        regions.append(("batmap", map_off, map_off + map_secs * 512))
     used = [(a, b) for _, a, b in regions] + [(s, s + span) for s, _ in blocks] + \
         [(s, s + span) for s in extra]
     if blocks:
@@ -151,10 +158,11 @@ def check(data, found_parent_name=None):
     for a, b in gaps:
         if b - a >= span and a < foot_off:
             found.add("FILE-LEAK")
-    tail = foot_off - -(-end_of_used // 512) * 512
+    tail = foot_off - end_of_used
     if tail >= span:
         found.add("FILE-LEAK")
-    elif tail > 0:
+    elif tail > 0 and any(data[end_of_used:foot_off]):
+        # a short gap is padding when it holds only zeros
         found.add("FILE-TAIL")
     return found
 

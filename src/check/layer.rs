@@ -67,8 +67,8 @@ impl Findings {
             self.list.push(Finding::new(
                 rule,
                 format!(
-                    "... and {} more like these",
-                    count(more, "finding", "findings")
+                    "... and {} like these",
+                    count(more, "more finding", "more findings")
                 ),
             ));
         }
@@ -302,11 +302,20 @@ fn judge_sparse(
         return Ok(());
     };
     let table_offset = state.header.table_offset;
-    let mut bat = open_rules::read_bat(storage, table_offset, used)?;
-    judge_unused_entries(storage, &state, used, out)?;
-    judge_blocks(&state, &mut bat, out);
-    space::judge_space(storage, &state, &bat, options, out)?;
-    judge_bitmaps(storage, &state, &bat, options, out)
+    let bat = open_rules::read_bat(storage, table_offset, used)?;
+    let beyond = judge_unused_entries(storage, &state, used, out)?;
+    let broken = judge_blocks(&state, &bat, out);
+    // FILE-ORDER is about the blocks that lie where they may.
+    let first_block = bat
+        .iter()
+        .enumerate()
+        .filter(|&(i, &e)| e != UNALLOCATED && !broken.get(i))
+        .map(|(_, &e)| u64::from(e) * SECTOR_SIZE)
+        .min();
+    if let Some(beyond) = beyond {
+        space::judge_space(storage, &state, &bat, &beyond, first_block, options, out)?;
+    }
+    judge_bitmaps(storage, &state, &bat, &broken, options, out)
 }
 
 /// HDR-MAX-TABLE-ENTRIES and HDR-TABLE-OFFSET; returns how many entries
@@ -341,6 +350,12 @@ fn judge_table(state: &SparseState, out: &mut Findings) -> Option<u64> {
     Some(needed.min(u64::from(h.max_table_entries)))
 }
 
+/// Bytes of BAT read per step past the disk's entries.
+const UNUSED_CHUNK: u64 = 64 * 1024;
+/// The most allocated entries past the disk kept for the space rules: the
+/// blocks they point at still take space in the file.
+const KEEP: usize = 1 << 20;
+
 /// BAT-ENTRY-UNUSED: entries past the disk's own are unallocated. Read 64
 /// KiB at a time; a hole of the file (all zeros: entries "allocated" at
 /// sector 0) is counted without reading it.
@@ -349,8 +364,8 @@ fn judge_unused_entries(
     state: &SparseState,
     used: u64,
     out: &mut Findings,
-) -> Result<()> {
-    const CHUNK: u64 = 64 * 1024;
+) -> Result<Option<Vec<u32>>> {
+    let mut kept = Some(Vec::new());
     let start = state.header.table_offset + used * 4;
     let end = state.header.table_offset + u64::from(state.header.max_table_entries) * 4;
     let mut allocated = 0u64;
@@ -364,20 +379,28 @@ fn judge_unused_entries(
         // Whole entries in the hole read as zero: allocated at sector 0.
         let hole_entries = (data_start - pos) / 4;
         allocated += hole_entries;
+        if hole_entries > 0 {
+            kept = None;
+        }
         pos += hole_entries * 4;
         if pos >= end {
             break;
         }
         let data_end = next.map_or(end, |(_, e)| e.clamp(pos + 4, end));
-        let n = (data_end - pos).min(CHUNK).max(4) / 4 * 4;
+        let n = (data_end - pos).clamp(4, UNUSED_CHUNK) / 4 * 4;
         buf.resize(usize::try_from(n).unwrap_or(0), 0);
         storage
             .read_exact_at(&mut buf, pos)
             .map_err(|e| Error::io("reading the BAT", e))?;
-        allocated += parse_bat(&buf)
-            .iter()
-            .filter(|&&e| e != UNALLOCATED)
-            .count() as u64;
+        for e in parse_bat(&buf).into_iter().filter(|&e| e != UNALLOCATED) {
+            allocated += 1;
+            if let Some(k) = &mut kept {
+                k.push(e);
+                if k.len() > KEEP {
+                    kept = None;
+                }
+            }
+        }
         pos += n;
     }
     if allocated > 0 {
@@ -393,13 +416,32 @@ fn judge_unused_entries(
             .at(start, end - start),
         );
     }
-    Ok(())
+    Ok(kept)
+}
+
+/// One bit per BAT entry.
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    pub(crate) fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
 }
 
 /// BAT-ENTRY-BEYOND-EOF and BAT-ENTRY-OVERLAP for every allocated entry.
-/// A block that breaks either is taken out of `bat` (set unallocated in
-/// this copy), so what follows judges only blocks that can be read.
-fn judge_blocks(state: &SparseState, bat: &mut [u32], out: &mut Findings) {
+/// Returns the blocks that break either: they are not read afterwards
+/// (their space still counts as used).
+fn judge_blocks(state: &SparseState, bat: &[u32], out: &mut Findings) -> Bits {
     let regions = open_rules::metadata_regions(
         &state.header,
         state.header_offset,
@@ -407,27 +449,24 @@ fn judge_blocks(state: &SparseState, bat: &mut [u32], out: &mut Findings) {
         state.footer_offset,
     );
     let block_at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
-    for (i, entry) in bat.iter_mut().enumerate() {
-        if *entry == UNALLOCATED {
+    let mut broken = Bits::new(bat.len());
+    for (i, &entry) in bat.iter().enumerate() {
+        if entry == UNALLOCATED {
             continue;
         }
-        let here = Some((u64::from(*entry) * SECTOR_SIZE, state.span));
-        let broken = [
-            open_rules::check_block_in_file(block_at(i), *entry, state.span, state.footer_offset),
-            open_rules::check_block_clear_of_metadata(block_at(i), *entry, state.span, &regions),
+        let here = Some((u64::from(entry) * SECTOR_SIZE, state.span));
+        let checks = [
+            open_rules::check_block_in_file(block_at(i), entry, state.span, state.footer_offset),
+            open_rules::check_block_clear_of_metadata(block_at(i), entry, state.span, &regions),
         ];
-        let mut bad = false;
-        for e in broken.iter().filter_map(|r| r.as_ref().err()) {
+        for e in checks.iter().filter_map(|r| r.as_ref().err()) {
             out.error(e, here);
-            bad = true;
-        }
-        if bad {
-            *entry = UNALLOCATED;
+            broken.set(i);
         }
     }
     // Blocks against each other: sorted by where they start.
     let mut order: Vec<u32> = (0..bat.len())
-        .filter(|&i| bat[i] != UNALLOCATED)
+        .filter(|&i| bat[i] != UNALLOCATED && !broken.get(i))
         .map(block_at)
         .collect();
     order.sort_unstable_by_key(|&i| bat[i as usize]);
@@ -445,8 +484,9 @@ fn judge_blocks(state: &SparseState, bat: &mut [u32], out: &mut Findings) {
         }
     }
     for i in overlapping {
-        bat[i] = UNALLOCATED;
+        broken.set(i);
     }
+    broken
 }
 
 /// BMP-PAST-END and BMP-CLEAR-DATA, one block at a time.
@@ -454,6 +494,7 @@ fn judge_bitmaps(
     storage: &dyn Storage,
     state: &SparseState,
     bat: &[u32],
+    broken: &Bits,
     options: &CheckOptions,
     out: &mut Findings,
 ) -> Result<()> {
@@ -462,7 +503,7 @@ fn judge_bitmaps(
     let sectors = block_size / SECTOR_SIZE;
     let mut bits = Vec::new();
     for (i, &entry) in bat.iter().enumerate() {
-        if entry == UNALLOCATED {
+        if entry == UNALLOCATED || broken.get(i) {
             continue;
         }
         let start = u64::from(entry) * SECTOR_SIZE;

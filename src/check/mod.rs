@@ -182,9 +182,18 @@ pub struct Report {
     pub layers: Vec<Layer>,
     /// Every finding, by layer, in the order found.
     pub findings: Vec<Located>,
-    /// Why the image could not be judged at all (its findings then say
-    /// which rule, when it is one: FTR-SIZE, FTR-COOKIE).
-    pub not_checked: Option<String>,
+    /// Why the image could not be judged at all.
+    pub not_checked: Option<NotChecked>,
+}
+
+/// Why an image could not be judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotChecked {
+    /// What is wrong, in one line (with the rule ID when there is one).
+    pub message: String,
+    /// The rule, when the file breaks one (FTR-SIZE, FTR-COOKIE: it is not
+    /// a VHD at all).
+    pub rule: Option<Rule>,
 }
 
 impl Report {
@@ -267,7 +276,10 @@ pub fn check(path: impl AsRef<Path>, options: &CheckOptions) -> Report {
     }) {
         Ok(s) => s,
         Err(e) => {
-            report.not_checked = Some(e.to_string());
+            report.not_checked = Some(NotChecked {
+                message: e.to_string(),
+                rule: e.rule(),
+            });
             return report;
         }
     };
@@ -298,18 +310,25 @@ fn judge(
 ) -> Option<DiskType> {
     let mut findings = layer::Findings::new(options.max_findings_per_rule);
     let outcome = layer::judge_layer(storage, options, &mut findings);
+    let findings = findings.finish();
     let disk_type = match outcome {
         Ok(layer::Outcome::Judged(t)) => Some(t),
         Ok(layer::Outcome::Unusable) => None,
         Ok(layer::Outcome::NotAVhd) => {
             if depth == 0 {
-                report.not_checked = Some("not a VHD".into());
+                report.not_checked = findings.first().map(|f| NotChecked {
+                    message: f.to_string(),
+                    rule: Some(f.rule),
+                });
             }
             None
         }
         Err(e) => {
             if depth == 0 {
-                report.not_checked = Some(e.to_string());
+                report.not_checked = Some(NotChecked {
+                    message: e.to_string(),
+                    rule: e.rule(),
+                });
             }
             None
         }
@@ -319,7 +338,7 @@ fn judge(
         path: name.to_string(),
         disk_type,
     });
-    report.add(name, depth, findings.finish());
+    report.add(name, depth, findings);
     disk_type
 }
 
@@ -334,13 +353,12 @@ fn follow_chain(
 ) {
     // The child as `open` sees it, without its parent; if its own rules
     // stop `open`, its parent cannot be looked for.
-    let mut child = match options
+    let Ok(mut child) = options
         .open_options()
         .skip_parent(true)
         .open_storage_at(storage, path)
-    {
-        Ok(img) => img,
-        Err(_) => return,
+    else {
+        return;
     };
     let mut guard = crate::image::ChainGuard::default();
     if guard.enter_file(path).is_err() {

@@ -74,36 +74,43 @@ fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// FILE-ORDER, FILE-LEAK and FILE-TAIL over the readable blocks of `bat`.
+/// FILE-ORDER, FILE-LEAK and FILE-TAIL. Every allocated entry counts as
+/// using its block's span, broken or not (its error is its own rule), and
+/// so do the entries past the disk in `beyond`.
 pub(crate) fn judge_space(
     storage: &dyn Storage,
     state: &SparseState,
     bat: &[u32],
+    beyond: &[u32],
+    first_block: Option<u64>,
     options: &CheckOptions,
     out: &mut Findings,
 ) -> Result<()> {
     let mut meta = metadata(storage, state);
     meta.sort_unstable();
     // Blocks in the order they lie in the file.
-    let mut blocks: Vec<u32> = bat.iter().copied().filter(|&e| e != UNALLOCATED).collect();
+    let mut blocks: Vec<u32> = bat
+        .iter()
+        .chain(beyond)
+        .copied()
+        .filter(|&e| e != UNALLOCATED)
+        .collect();
     blocks.sort_unstable();
     let span = state.span;
-    if let (Some(&first), Some(meta_end)) = (
-        blocks.first(),
+    if let (Some(first_start), Some(meta_end)) = (
+        first_block,
         meta.iter().filter(|r| r.0 > 0).map(|r| r.1).max(),
-    ) {
-        let first_start = u64::from(first) * SECTOR_SIZE;
-        if first_start < meta_end {
-            out.push(
-                Finding::new(
-                    Rule::FileOrder,
-                    format!(
-                        "a block starts at {first_start:#x}, before the end of the metadata at {meta_end:#x}"
-                    ),
-                )
-                .at(first_start, span),
-            );
-        }
+    ) && first_start < meta_end
+    {
+        out.push(
+            Finding::new(
+                Rule::FileOrder,
+                format!(
+                    "a block starts at {first_start:#x}, before the end of the metadata at {meta_end:#x}"
+                ),
+            )
+            .at(first_start, span),
+        );
     }
     // The end of the data area: the trailing footer, or (when only the
     // copy is valid) the place the damaged footer takes.

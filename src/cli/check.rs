@@ -88,7 +88,13 @@ pub fn run(args: &CheckArgs) -> CmdResult {
         CheckOutput::Junit => print(&junit(&report))?,
     }
     if let Some(why) = &report.not_checked {
-        report_failure(&Failure::new(&args.image, why.clone()));
+        // The library's message may start with the path; say it once.
+        let shown = args.image.display().to_string();
+        let message = why
+            .message
+            .strip_prefix(&format!("{shown}: "))
+            .unwrap_or(&why.message);
+        report_failure(&Failure::new(&args.image, message));
     }
     Ok(code)
 }
@@ -111,7 +117,8 @@ fn human(report: &Report) -> String {
     let found = &report.findings;
     let mut out = match report.verdict() {
         Verdict::Clean => format!("{name}: clean, no findings\n"),
-        Verdict::NotChecked if found.is_empty() => return String::new(),
+        // The error line on stderr says it all.
+        Verdict::NotChecked => return String::new(),
         _ => format!(
             "{name}: {}, {}\n",
             plural(report.errors() as u64, "error"),
@@ -162,7 +169,8 @@ fn to_json(report: &Report, code: i32) -> Value {
         "exit_code": code,
         "errors": report.errors(),
         "warnings": report.warnings(),
-        "error": report.not_checked,
+        "error": report.not_checked.as_ref().map(|n| &n.message),
+        "rule": report.not_checked.as_ref().and_then(|n| n.rule).map(Rule::id),
         "layers": report.layers.iter().map(|l| json!({
             "depth": l.depth,
             "path": l.path,
@@ -208,11 +216,11 @@ fn xml(text: &str) -> String {
 fn junit(report: &Report) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let suite_name = xml(&format!("vhd check {}", report.path));
-    if let (Some(why), true) = (&report.not_checked, report.findings.is_empty()) {
+    if let Some(why) = &report.not_checked {
         let _ = write!(
             out,
             "<testsuites tests=\"1\" failures=\"0\" errors=\"1\">\n  <testsuite name=\"{suite_name}\" tests=\"1\" failures=\"0\" errors=\"1\">\n    <testcase classname=\"vhd.check\" name=\"open\">\n      <error message=\"{}\"/>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
-            xml(why)
+            xml(&why.message)
         );
         return out;
     }
