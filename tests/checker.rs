@@ -381,3 +381,36 @@ fn a_file_that_is_not_a_vhd_is_not_checked_and_says_why() {
     let why = report.not_checked.as_ref().unwrap();
     assert_eq!(why.rule, Some(Rule::FtrCookie));
 }
+
+#[test]
+fn overlapping_blocks_out_of_index_order_are_each_named() {
+    // Blocks 0 and 3 lie one after the other; block 5 is put half way
+    // between them, so it overlaps both, and the BAT is not in file order.
+    let b = dynamic().corrupt_at(|bytes, layout| {
+        let first = layout.blocks[&0] / 512;
+        let half = u64::midpoint(layout.bitmap_size, u64::from(BLOCK)) / 512;
+        let at = layout.bat_offset as usize + 4 * 5;
+        bytes[at..at + 4].copy_from_slice(&u32::try_from(first + half).unwrap().to_be_bytes());
+    });
+    let bytes = b.build();
+    let report = judge(bytes.clone());
+    let messages: Vec<&str> = report
+        .findings
+        .iter()
+        .map(|f| f.finding.message.as_str())
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with("block 5 ") && messages[0].contains("block 0 "),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("block 5 ") && messages[1].contains("block 3 "),
+        "{messages:?}"
+    );
+    // open refuses it with the same rule.
+    let e = vhdref::OpenOptions::new()
+        .open_storage(Box::new(MemStorage::from_bytes(bytes)), "img.vhd")
+        .unwrap_err();
+    assert_eq!(e.rule(), Some(Rule::BatEntryOverlap));
+}

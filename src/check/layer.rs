@@ -302,9 +302,15 @@ fn judge_sparse(
         return Ok(());
     };
     let table_offset = state.header.table_offset;
-    let bat = open_rules::read_bat(storage, table_offset, used)?;
+    let mut bat = open_rules::read_bat(storage, table_offset, used)?;
     let beyond = judge_unused_entries(storage, &state, used, out)?;
-    let broken = judge_blocks(&state, &bat, out);
+    let regions = open_rules::metadata_regions(
+        &state.header,
+        state.header_offset,
+        state.disk_type,
+        state.footer_offset,
+    );
+    let mut broken = judge_block_places(&state, &regions, &bat, out);
     // FILE-ORDER is about the blocks that lie where they may.
     let first_block = bat
         .iter()
@@ -312,10 +318,139 @@ fn judge_sparse(
         .filter(|&(i, &e)| e != UNALLOCATED && !broken.get(i))
         .map(|(_, &e)| u64::from(e) * SECTOR_SIZE)
         .min();
-    if let Some(beyond) = beyond {
-        space::judge_space(storage, &state, &bat, &beyond, first_block, options, out)?;
+    let mut beyond = beyond;
+    if let Some(b) = &mut beyond {
+        b.sort_unstable();
     }
+    // Blocks against each other, and the use of space, need the blocks in
+    // file order. Blocks allocated in index order (the common case) are
+    // already; otherwise the BAT is sorted in place and read again after,
+    // so memory stays at one BAT.
+    let in_order = ascending(&bat);
+    let pairs = if in_order {
+        let pairs = overlapping_pairs(&state, &regions, bat.iter().copied());
+        if let Some(b) = &beyond {
+            space::judge_space(storage, &state, merged(&bat, b), first_block, options, out)?;
+        }
+        pairs
+    } else {
+        bat.sort_unstable();
+        let pairs = overlapping_pairs(&state, &regions, bat.iter().copied());
+        if let Some(b) = &beyond {
+            space::judge_space(storage, &state, merged(&bat, b), first_block, options, out)?;
+        }
+        bat = open_rules::read_bat(storage, table_offset, used)?;
+        pairs
+    };
+    report_overlaps(&state, &bat, &pairs, &mut broken, out);
     judge_bitmaps(storage, &state, &bat, &broken, options, out)
+}
+
+/// Whether the allocated entries of `bat` grow with the index.
+fn ascending(bat: &[u32]) -> bool {
+    let mut last = 0u32;
+    for &e in bat.iter().filter(|&&e| e != UNALLOCATED) {
+        if e < last {
+            return false;
+        }
+        last = e;
+    }
+    true
+}
+
+/// The allocated entries of two ascending lists (the BAT in file order and
+/// the entries past the disk), in one ascending stream.
+fn merged<'a>(bat: &'a [u32], beyond: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+    let mut a = bat.iter().copied().filter(|&e| e != UNALLOCATED).peekable();
+    let mut b = beyond.iter().copied().peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(&x), Some(&y)) if y < x => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// How many overlapping pairs are named with their block indexes; the
+/// rest are only counted.
+const NAMED_PAIRS: usize = 4096;
+
+/// The pairs of readable blocks, by entry, that overlap, from entries in
+/// ascending order: `(earlier, later)` entries of each pair.
+fn overlapping_pairs(
+    state: &SparseState,
+    regions: &[(u64, u64, String)],
+    ascending: impl Iterator<Item = u32>,
+) -> Vec<(u32, u32)> {
+    let readable = |e: u32| {
+        e != UNALLOCATED
+            && open_rules::check_block_in_file(0, e, state.span, state.footer_offset).is_ok()
+            && open_rules::check_block_clear_of_metadata(0, e, state.span, regions).is_ok()
+    };
+    let mut pairs = Vec::new();
+    let mut last: Option<u32> = None;
+    for e in ascending.filter(|&e| readable(e)) {
+        if let Some(prev) = last
+            && u64::from(prev) * SECTOR_SIZE + state.span > u64::from(e) * SECTOR_SIZE
+        {
+            pairs.push((prev, e));
+        }
+        last = Some(e);
+    }
+    pairs
+}
+
+/// Reports each overlapping pair (naming the blocks by index, as `open`
+/// does) and marks both blocks unreadable.
+fn report_overlaps(
+    state: &SparseState,
+    bat: &[u32],
+    pairs: &[(u32, u32)],
+    broken: &mut Bits,
+    out: &mut Findings,
+) {
+    if pairs.is_empty() {
+        return;
+    }
+    let mut values: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    values.sort_unstable();
+    values.dedup();
+    // Every block with one of these entries overlaps another.
+    let mut first_index: std::collections::HashMap<u32, (usize, Option<usize>)> =
+        std::collections::HashMap::new();
+    for (i, &e) in bat.iter().enumerate() {
+        if e != UNALLOCATED && !broken.get(i) && values.binary_search(&e).is_ok() {
+            broken.set(i);
+            if first_index.len() < 2 * NAMED_PAIRS || first_index.contains_key(&e) {
+                let slot = first_index.entry(e).or_insert((i, None));
+                if slot.0 != i && slot.1.is_none() {
+                    slot.1 = Some(i);
+                }
+            }
+        }
+    }
+    let block_at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    for &(ea, eb) in pairs {
+        let a = first_index.get(&ea).map(|s| s.0);
+        // Two blocks with the same entry: the second index holding it.
+        let b = first_index
+            .get(&eb)
+            .map(|s| if ea == eb { s.1.unwrap_or(s.0) } else { s.0 });
+        let (first, second) = match (a, b) {
+            (Some(a), Some(b)) if a <= b => (a, b),
+            (Some(a), Some(b)) => (b, a),
+            _ => (usize::MAX, usize::MAX),
+        };
+        let entry = |i: usize| bat.get(i).copied().unwrap_or(UNALLOCATED);
+        out.error(
+            &open_rules::overlap(
+                block_at(second),
+                entry(second),
+                block_at(first),
+                entry(first),
+            ),
+            Some((u64::from(eb) * SECTOR_SIZE, state.span)),
+        );
+    }
 }
 
 /// HDR-MAX-TABLE-ENTRIES and HDR-TABLE-OFFSET; returns how many entries
@@ -438,16 +573,15 @@ impl Bits {
     }
 }
 
-/// BAT-ENTRY-BEYOND-EOF and BAT-ENTRY-OVERLAP for every allocated entry.
-/// Returns the blocks that break either: they are not read afterwards
-/// (their space still counts as used).
-fn judge_blocks(state: &SparseState, bat: &[u32], out: &mut Findings) -> Bits {
-    let regions = open_rules::metadata_regions(
-        &state.header,
-        state.header_offset,
-        state.disk_type,
-        state.footer_offset,
-    );
+/// BAT-ENTRY-BEYOND-EOF and BAT-ENTRY-OVERLAP (with the metadata) for
+/// every allocated entry. Returns the blocks that break either: they are
+/// not read afterwards (their space still counts as used).
+fn judge_block_places(
+    state: &SparseState,
+    regions: &[(u64, u64, String)],
+    bat: &[u32],
+    out: &mut Findings,
+) -> Bits {
     let block_at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
     let mut broken = Bits::new(bat.len());
     for (i, &entry) in bat.iter().enumerate() {
@@ -457,34 +591,12 @@ fn judge_blocks(state: &SparseState, bat: &[u32], out: &mut Findings) -> Bits {
         let here = Some((u64::from(entry) * SECTOR_SIZE, state.span));
         let checks = [
             open_rules::check_block_in_file(block_at(i), entry, state.span, state.footer_offset),
-            open_rules::check_block_clear_of_metadata(block_at(i), entry, state.span, &regions),
+            open_rules::check_block_clear_of_metadata(block_at(i), entry, state.span, regions),
         ];
         for e in checks.iter().filter_map(|r| r.as_ref().err()) {
             out.error(e, here);
             broken.set(i);
         }
-    }
-    // Blocks against each other: sorted by where they start.
-    let mut order: Vec<u32> = (0..bat.len())
-        .filter(|&i| bat[i] != UNALLOCATED && !broken.get(i))
-        .map(block_at)
-        .collect();
-    order.sort_unstable_by_key(|&i| bat[i as usize]);
-    let mut overlapping = Vec::new();
-    for pair in order.windows(2) {
-        let (a, b) = (pair[0] as usize, pair[1] as usize);
-        let (ea, eb) = (bat[a], bat[b]);
-        if u64::from(ea) * SECTOR_SIZE + state.span > u64::from(eb) * SECTOR_SIZE {
-            let (first, second) = if a < b { (a, b) } else { (b, a) };
-            out.error(
-                &open_rules::overlap(block_at(second), bat[second], block_at(first), bat[first]),
-                Some((u64::from(eb) * SECTOR_SIZE, state.span)),
-            );
-            overlapping.extend([a, b]);
-        }
-    }
-    for i in overlapping {
-        broken.set(i);
     }
     broken
 }

@@ -74,28 +74,20 @@ fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// FILE-ORDER, FILE-LEAK and FILE-TAIL. Every allocated entry counts as
-/// using its block's span, broken or not (its error is its own rule), and
-/// so do the entries past the disk in `beyond`.
+/// FILE-ORDER, FILE-LEAK and FILE-TAIL. `blocks` are the allocated entries
+/// in ascending order (of the disk's blocks and those past it): every one
+/// counts as using its block's span, broken or not (its error is its own
+/// rule). `first_block` is where the first readable block starts.
 pub(crate) fn judge_space(
     storage: &dyn Storage,
     state: &SparseState,
-    bat: &[u32],
-    beyond: &[u32],
+    blocks: impl Iterator<Item = u32>,
     first_block: Option<u64>,
     options: &CheckOptions,
     out: &mut Findings,
 ) -> Result<()> {
     let mut meta = metadata(storage, state);
     meta.sort_unstable();
-    // Blocks in the order they lie in the file.
-    let mut blocks: Vec<u32> = bat
-        .iter()
-        .chain(beyond)
-        .copied()
-        .filter(|&e| e != UNALLOCATED)
-        .collect();
-    blocks.sort_unstable();
     let span = state.span;
     if let (Some(first_start), Some(meta_end)) = (
         first_block,
@@ -138,10 +130,10 @@ pub(crate) fn judge_space(
         }
     };
     let mut mi = meta.iter().peekable();
-    let mut bi = blocks.iter().peekable();
+    let mut bi = blocks.filter(|&e| e != UNALLOCATED).peekable();
     loop {
         let next = match (mi.peek(), bi.peek()) {
-            (Some(&&(ms, me)), Some(&&b)) => {
+            (Some(&&(ms, me)), Some(&b)) => {
                 let bs = u64::from(b) * SECTOR_SIZE;
                 if ms <= bs {
                     mi.next();
@@ -155,7 +147,7 @@ pub(crate) fn judge_space(
                 mi.next();
                 r
             }
-            (None, Some(&&b)) => {
+            (None, Some(&b)) => {
                 bi.next();
                 let bs = u64::from(b) * SECTOR_SIZE;
                 (bs, bs + span)

@@ -699,6 +699,15 @@ pub fn set_footer_checksum(footer: &mut [u8]) {
     footer[FOOTER_CHECKSUM..FOOTER_CHECKSUM + 4].copy_from_slice(&sum.to_be_bytes());
 }
 
+/// Bytes of the sector bitmap of a block of `block_size` bytes (one bit a
+/// sector, padded to whole sectors).
+pub fn bitmap_bytes(block_size: u32) -> u64 {
+    (u64::from(block_size) / SECTOR)
+        .div_ceil(8)
+        .div_ceil(SECTOR)
+        * SECTOR
+}
+
 /// Recomputes the checksum of 1024 header bytes.
 pub fn set_header_checksum(header: &mut [u8]) {
     let sum = checksum(&header[..1024], HEADER_CHECKSUM);
