@@ -157,7 +157,8 @@ fn prefilled_part(path: &Path, size: u64, filled: u64) -> Vec<u8> {
         .expect("creating");
     let mut expected: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8 + 1).collect();
     expected[filled as usize..].fill(0);
-    img.write_at(0, &expected[..filled as usize]).expect("prefilling");
+    img.write_at(0, &expected[..filled as usize])
+        .expect("prefilling");
     img.close().expect("closing");
     expected
 }
