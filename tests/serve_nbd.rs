@@ -773,6 +773,51 @@ fn garbage_and_half_requests_never_take_the_server_down() {
     assert_eq!(vhd_convert(&image, dir.path()), expected);
 }
 
+#[test]
+fn sigterm_flushes_what_a_connected_writer_wrote() {
+    let _g = one_at_a_time();
+    let dir = temp_dir();
+    let image = dir.path().join("t.vhd");
+    let mut expected = prefilled_part(&image, 16 * MIB, 0);
+    let server = Served::start(&image, &["--writable"]);
+    let mut c = Client::connect(&server.tcp_addr(), true);
+    // Into unallocated blocks: only a flush writes their BAT entries.
+    for (i, off) in [MIB, 5 * MIB + 512, 13 * MIB].into_iter().enumerate() {
+        let data = vec![i as u8 + 1; 8192];
+        assert_eq!(c.write(off, &data).error, 0);
+        expected[off as usize..off as usize + 8192].copy_from_slice(&data);
+    }
+    // The client stays connected; the server is told to end.
+    assert_eq!(server.stop(), Some(0), "vhd serve ends cleanly on SIGTERM");
+    drop(c);
+    assert_eq!(
+        common::read_image(&image),
+        expected,
+        "the writes were flushed"
+    );
+}
+
+#[test]
+fn a_writer_leaving_flushes_before_anything_else_happens() {
+    let _g = one_at_a_time();
+    let dir = temp_dir();
+    let image = dir.path().join("l.vhd");
+    let mut expected = prefilled_part(&image, 16 * MIB, 0);
+    let server = Served::start(&image, &["--writable"]);
+    let mut c = Client::connect(&server.tcp_addr(), false);
+    let data = vec![0x5a; 65536];
+    assert_eq!(c.write(7 * MIB, &data).error, 0);
+    expected[7 * MIB as usize..7 * MIB as usize + 65536].copy_from_slice(&data);
+    // The connection closes only after the flush that follows the writer.
+    c.disconnect();
+    server.kill9();
+    common::assert_same_bytes(
+        &common::read_image(&image),
+        &expected,
+        "the writer's data was flushed when it left",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Faults
 
