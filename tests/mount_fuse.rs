@@ -234,7 +234,7 @@ fn seek_data_and_seek_hole_answer_from_the_image_map() {
         .create(&image)
         .unwrap();
     img.write_at(10 * MIB, &[1; 4096]).unwrap();
-    img.write_at(40 * MIB, &[2; 2 * MIB as usize]).unwrap();
+    img.write_at(40 * MIB, &vec![2; 2 * MIB as usize]).unwrap();
     img.close().unwrap();
     let m = Mounted::start(&image, &mp, &[]);
     // Python's os.lseek reaches SEEK_DATA / SEEK_HOLE.
