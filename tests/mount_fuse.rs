@@ -89,6 +89,19 @@ impl Mounted {
         self.child.wait().expect("vhd mount ends").code()
     }
 
+    /// Sends SIGTERM (which unmounts) and returns the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        run_ok(&mut cmd("kill", ["-TERM", pid.as_str()]));
+        let code = self.child.wait().expect("vhd mount ends").code();
+        assert!(
+            !self.file.exists(),
+            "SIGTERM unmounted {}",
+            self.mountpoint.display()
+        );
+        code
+    }
+
     fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -204,6 +217,20 @@ fn dd_writes_through_a_writable_mount_and_reads_back_after_remount() {
         ],
     ));
     expected[6 * MIB as usize..9 * MIB as usize].copy_from_slice(&data);
+    // 1 MiB at 20 MiB without fsync: only the unmount makes it durable.
+    run_ok(&mut cmd(
+        "dd",
+        [
+            inf.as_str(),
+            of.as_str(),
+            "bs=64k",
+            "count=16",
+            "seek=320",
+            "conv=notrunc",
+            "status=none",
+        ],
+    ));
+    expected[20 * MIB as usize..21 * MIB as usize].copy_from_slice(&data[..MIB as usize]);
     // The size is fixed.
     let o = run(&mut cmd("truncate", ["-s", "1M", m.file.to_str().unwrap()]));
     assert!(!o.status.success(), "truncating the disk file is refused");
@@ -279,7 +306,7 @@ print(";".join(out))
         .join(";");
     assert_eq!(theirs, ours, "SEEK_DATA/SEEK_HOLE vs vhd map");
     assert!(theirs.starts_with(&format!("{} ", 10 * MIB)), "{theirs}");
-    assert_eq!(m.unmount(false), Some(0));
+    assert_eq!(m.terminate(), Some(0), "SIGTERM ends vhd mount cleanly");
 }
 
 /// kill -9 of the FUSE process while the test writes through the mount:
