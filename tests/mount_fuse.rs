@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{MIB, Rng, cmd, one_at_a_time, our_images, run, run_ok, temp_dir};
@@ -337,12 +337,17 @@ fn kill_9_of_the_fuse_process_during_writes_leaves_old_or_new_sectors_and_fsynce
             .open(&m.file)
             .expect("opening the disk file");
         let pid = m.child.id().to_string();
+        // The killer waits until some writes are done, then kills while
+        // the writes go on (whatever the speed of the machine).
         let killed = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
         let killer = {
-            let killed = Arc::clone(&killed);
-            let delay = 150 + rng.below(250);
+            let (killed, progress) = (Arc::clone(&killed), Arc::clone(&progress));
+            let after = 100 + rng.below(400) as usize;
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(delay));
+                while progress.load(Ordering::Acquire) < after {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let _ = Command::new("kill").args(["-9", &pid]).status();
                 killed.store(true, Ordering::Release);
             })
@@ -355,6 +360,7 @@ fn kill_9_of_the_fuse_process_during_writes_leaves_old_or_new_sectors_and_fsynce
                 break;
             }
             done = i + 1;
+            progress.store(done, Ordering::Release);
             if i % 10 == 9 {
                 if file.sync_data().is_err() {
                     break;
