@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -18,7 +19,9 @@ use common::{
 };
 use proptest::prelude::*;
 use vhdref::serve::proto::{self, Command as NbdCmd, GoRequest, MetaRequest, Request};
-use vhdref::serve::{ExportInfo, ImageBackend, run_session};
+use vhdref::serve::{
+    Address, Event, ExportInfo, ImageBackend, Opener, ServeOptions, Server, run_session,
+};
 use vhdref::storage::MemStorage;
 use vhdref::{CreateOptions, DiskType, Image};
 
@@ -824,6 +827,60 @@ fn a_writer_leaving_flushes_before_anything_else_happens() {
         &expected,
         "the writer's data was flushed when it left",
     );
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[test]
+fn a_client_silent_in_the_handshake_is_dropped_and_the_library_server_stops_on_its_flag() {
+    let _g = one_at_a_time();
+    let dir = temp_dir();
+    let image = dir.path().join("h.vhd");
+    prefilled(&image, 4 * MIB);
+    let reopen = image.clone();
+    let opener: Opener = Arc::new(move || Image::open(&reopen));
+    let options = ServeOptions {
+        address: Address::Tcp("127.0.0.1:0".parse().unwrap()),
+        name: "h".into(),
+        writable: false,
+        once: false,
+        handshake_timeout: Duration::from_millis(300),
+    };
+    let server = Server::bind(Image::open(&image).unwrap(), opener, options).unwrap();
+    let addr = server.address().to_string();
+    let stop = AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|scope| {
+        let running = scope.spawn(move || server.run(stop, &|_: Event<'_>| {}));
+        // Whatever happens below, the server is told to stop (a failed
+        // assertion must not leave the scope waiting for it forever).
+        let _stop = StopOnDrop(stop);
+        let mut silent = TcpStream::connect(&addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let _ = silent.read_to_end(&mut got);
+        assert_eq!(got.len(), 18, "the greeting, then the server gives up");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // A client past the handshake keeps its connection beyond the limit.
+        let mut c = Client::connect(&addr, true);
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(c.read(0, 512).error, 0);
+        stop.store(true, Ordering::Release);
+        running.join().unwrap().expect("the server ends cleanly");
+        // Its connection was closed by the stop.
+        let mut rest = Vec::new();
+        assert!(matches!(c.s.read_to_end(&mut rest), Ok(0) | Err(_)));
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -110,6 +110,7 @@ pub fn run(args: &ServeArgs) -> CmdResult {
         name: name.clone(),
         writable: args.writable,
         once: args.once,
+        handshake_timeout: crate::serve::HANDSHAKE_TIMEOUT,
     };
     let server = Server::bind(image, opener, options).map_err(|e| Failure::image(path, &e))?;
     let stop = Arc::new(AtomicBool::new(false));

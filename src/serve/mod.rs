@@ -31,7 +31,7 @@ pub mod proto;
 pub mod session;
 
 pub use backend::{Backend, ImageBackend, MapCache, Span};
-pub use session::{ExportInfo, SessionEnd, SessionError, run_session};
+pub use session::{ExportInfo, SessionEnd, SessionError, run_session, run_session_with};
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -50,6 +50,8 @@ pub type Opener = Arc<dyn Fn() -> Result<Image> + Send + Sync>;
 
 /// How long the accept loop sleeps between looks at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a client may take over the handshake by default.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,10 @@ pub struct ServeOptions {
     pub writable: bool,
     /// Stop when the last client has disconnected (after the first came).
     pub once: bool,
+    /// A client that has not finished the handshake after this long is
+    /// disconnected (so silent connections cannot pile up); the
+    /// transmission phase has no time limit.
+    pub handshake_timeout: Duration,
 }
 
 /// What the server tells its caller as it runs.
@@ -136,6 +142,14 @@ impl Conn {
             #[cfg(unix)]
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
         })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(t),
+            #[cfg(unix)]
+            Conn::Unix(s) => s.set_read_timeout(t),
+        }
     }
 
     fn shutdown(&self) {
@@ -377,9 +391,20 @@ impl Server {
             peer,
             writer: is_writer,
         });
-        let end = match conn.try_clone() {
-            Ok(writer) => run_session(conn, writer, &self.info, &mut backend, stop),
-            Err(e) => Err(SessionError::Io(e)),
+        let end = match (conn.try_clone(), conn.try_clone()) {
+            (Ok(writer), Ok(control)) => {
+                let limit = Some(self.options.handshake_timeout).filter(|t| !t.is_zero());
+                match control.set_read_timeout(limit) {
+                    Ok(()) => {
+                        let mut lift = || {
+                            let _ = control.set_read_timeout(None);
+                        };
+                        run_session_with(conn, writer, &self.info, &mut backend, stop, &mut lift)
+                    }
+                    Err(e) => Err(SessionError::Io(e)),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => Err(SessionError::Io(e)),
         };
         if is_writer {
             // Whatever way the writer left, what it wrote becomes durable.

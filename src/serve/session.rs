@@ -91,6 +91,19 @@ pub fn run_session<R: Read, W: Write>(
     backend: &mut dyn Backend,
     stop: &AtomicBool,
 ) -> Result<SessionEnd, SessionError> {
+    run_session_with(reader, writer, export, backend, stop, &mut || {})
+}
+
+/// [`run_session`], calling `on_transmission` when the handshake is over
+/// (the server lifts the handshake's time limit there).
+pub fn run_session_with<R: Read, W: Write>(
+    reader: R,
+    writer: W,
+    export: &ExportInfo,
+    backend: &mut dyn Backend,
+    stop: &AtomicBool,
+    on_transmission: &mut dyn FnMut(),
+) -> Result<SessionEnd, SessionError> {
     let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
     let mut writer = BufWriter::with_capacity(IO_BUFFER, writer);
     writer.write_all(&proto::greeting())?;
@@ -105,7 +118,10 @@ pub fn run_session<R: Read, W: Write>(
     };
     match negotiate(&mut reader, &mut writer, export, backend, &mut hs, stop)? {
         Some(end) => Ok(end),
-        None => transmission(&mut reader, &mut writer, backend, &hs),
+        None => {
+            on_transmission();
+            transmission(&mut reader, &mut writer, backend, &hs)
+        }
     }
 }
 
