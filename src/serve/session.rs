@@ -116,13 +116,11 @@ pub fn run_session_with<R: Read, W: Write>(
         no_zeroes: proto::parse_client_flags(flags)?.no_zeroes,
         ..Handshake::default()
     };
-    match negotiate(&mut reader, &mut writer, export, backend, &mut hs, stop)? {
-        Some(end) => Ok(end),
-        None => {
-            on_transmission();
-            transmission(&mut reader, &mut writer, backend, &hs)
-        }
+    if let Some(end) = negotiate(&mut reader, &mut writer, export, backend, &mut hs, stop)? {
+        return Ok(end);
     }
+    on_transmission();
+    transmission(&mut reader, &mut writer, backend, &hs)
 }
 
 fn transmission_flags(backend: &dyn Backend, export: &ExportInfo, hs: &Handshake) -> u16 {
