@@ -31,7 +31,10 @@ pub mod error;
 pub mod format;
 pub mod image;
 pub mod model;
+#[cfg(target_os = "linux")]
+pub mod mount;
 pub mod rules;
+pub mod serve;
 pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};

@@ -22,8 +22,11 @@ mod create;
 pub mod info;
 mod input;
 mod map;
+#[cfg(target_os = "linux")]
+mod mount;
 mod output;
 mod rw;
+mod serve;
 
 use std::ffi::OsString;
 
@@ -63,6 +66,9 @@ enum Command {
     Compare(compare::CompareArgs),
     Commit(commit::CommitArgs),
     Bench(bench::BenchArgs),
+    Serve(serve::ServeArgs),
+    #[cfg(target_os = "linux")]
+    Mount(mount::MountArgs),
 }
 
 /// Runs the tool with the process arguments; returns the exit status.
@@ -96,6 +102,9 @@ where
         Command::Compare(a) => compare::run(&a),
         Command::Commit(a) => commit::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Serve(a) => serve::run(&a),
+        #[cfg(target_os = "linux")]
+        Command::Mount(a) => mount::run(&a),
     };
     match result {
         Ok(code) => code,
