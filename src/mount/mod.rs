@@ -78,7 +78,7 @@ impl Mount {
         let (uid, gid) = owner(mountpoint);
         let name = image.name().to_string();
         let image = Arc::new(Mutex::new(image));
-        let backend = ImageBackend::new(Arc::clone(&image), Arc::default(), writable);
+        let backend = ImageBackend::new(Arc::clone(&image), writable);
         let now = SystemTime::now();
         let fs = DiskFs {
             backend: Mutex::new(backend),

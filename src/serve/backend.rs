@@ -1,6 +1,7 @@
 //! What an export serves: a [`Backend`] (read, write, flush, allocation
 //! map), and [`ImageBackend`], the one over an [`Image`] that both `serve`
-//! and `mount` use.
+//! and `mount` use. The allocation map is asked of the image for the range
+//! a request covers, never for the whole disk.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -67,18 +68,11 @@ pub trait Backend: Send {
     }
 }
 
-/// The allocation map of a disk, computed once and shared by everyone
-/// reading the same image, dropped on every write.
-pub type MapCache = Arc<Mutex<Option<Arc<Vec<Span>>>>>;
-
 /// An [`Image`] as a backend. Several backends may share one image (the
-/// clients of a writable export: the first may write, the others read)
-/// or only the map cache (the clients of a read-only export, each with
-/// its own image and shared lock).
+/// clients of a writable export: the first may write, the others read).
 #[derive(Debug, Clone)]
 pub struct ImageBackend {
     image: Arc<Mutex<Image>>,
-    map: MapCache,
     size: u64,
     writable: bool,
 }
@@ -86,11 +80,10 @@ pub struct ImageBackend {
 impl ImageBackend {
     /// A backend over `image`; writes are allowed if `writable` (and the
     /// image was opened for writing).
-    pub fn new(image: Arc<Mutex<Image>>, map: MapCache, writable: bool) -> Self {
+    pub fn new(image: Arc<Mutex<Image>>, writable: bool) -> Self {
         let size = lock(&image).size();
         ImageBackend {
             image,
-            map,
             size,
             writable,
         }
@@ -98,80 +91,68 @@ impl ImageBackend {
 
     /// A backend that owns `image` alone.
     pub fn single(image: Image, writable: bool) -> Self {
-        Self::new(Arc::new(Mutex::new(image)), MapCache::default(), writable)
+        Self::new(Arc::new(Mutex::new(image)), writable)
     }
 
     /// The shared image (to close it when every backend is gone).
     pub fn image(&self) -> &Arc<Mutex<Image>> {
         &self.image
     }
-
-    /// The map, computed under the image's lock so that no write can slip
-    /// between computing it and caching it (locks: image, then map).
-    fn cached_map(&mut self) -> Result<Arc<Vec<Span>>> {
-        let mut image = lock(&self.image);
-        if let Some(m) = lock(&self.map).as_ref() {
-            return Ok(Arc::clone(m));
-        }
-        let map = Arc::new(allocation_map(&mut image)?);
-        *lock(&self.map) = Some(Arc::clone(&map));
-        Ok(map)
-    }
 }
 
-/// The allocation map of the whole disk, data and zero runs merged. The
-/// only call to [`Image::map`] in `serve` and `mount`: when the map
-/// streams, this is what changes.
-fn allocation_map(image: &mut Image) -> Result<Vec<Span>> {
-    let extents: Vec<Extent> = image.map()?;
+/// Guest bytes mapped per step: a step holds at most this many bytes'
+/// worth of extents, so a request costs bounded memory whatever the
+/// bitmaps look like.
+const MAP_WINDOW: u64 = 64 << 20;
+
+/// Up to `limit` (at least 1) spans of `image` from `offset` on, data and
+/// zero runs merged, covering `offset..offset + length` (clipped to the
+/// disk) unless the limit stops them first. Stretches without data are
+/// jumped over in one step ([`Image::next_data`]); the rest is mapped a
+/// window at a time ([`Image::map_each`]), so only what is asked is looked
+/// at and memory stays bounded.
+pub fn image_spans(image: &mut Image, offset: u64, length: u64, limit: usize) -> Result<Vec<Span>> {
+    let end = offset.saturating_add(length).min(image.size());
+    let limit = limit.max(1);
     let mut out: Vec<Span> = Vec::new();
-    for e in extents.into_iter().filter(|e| e.length > 0) {
-        match out.last_mut() {
-            Some(last) if last.data == e.data && last.offset + last.length == e.offset => {
-                last.length += e.length;
-            }
-            _ => out.push(Span {
+    let push = |out: &mut Vec<Span>, s: Span| match out.last_mut() {
+        Some(last) if last.data == s.data && last.offset + last.length == s.offset => {
+            last.length += s.length;
+        }
+        _ => out.push(s),
+    };
+    let mut pos = offset;
+    while pos < end && out.len() <= limit {
+        let next = image.next_data(pos)?.map_or(end, |d| d.min(end));
+        if next > pos {
+            push(
+                &mut out,
+                Span {
+                    offset: pos,
+                    length: next - pos,
+                    data: false,
+                },
+            );
+            pos = next;
+            continue;
+        }
+        let n = (end - pos).min(MAP_WINDOW);
+        let mut window = Vec::new();
+        image.map_each(pos, n, &mut |e: Extent| {
+            window.push(Span {
                 offset: e.offset,
                 length: e.length,
                 data: e.data,
-            }),
-        }
-    }
-    Ok(out)
-}
-
-/// Up to `limit` spans of `map` (sorted, merged) from `offset` on, the
-/// first clipped to start at `offset`, covering at least `length` bytes
-/// where the map goes that far. Offsets the map does not cover (there are
-/// none in a map of the whole disk) read as data, the safe answer.
-pub fn spans_from(map: &[Span], offset: u64, length: u64, limit: usize) -> Vec<Span> {
-    let end = offset.saturating_add(length);
-    let mut out = Vec::new();
-    let first = map.partition_point(|s| s.offset + s.length <= offset);
-    let mut pos = offset;
-    for s in map.get(first..).unwrap_or_default() {
-        if out.len() >= limit.max(1) || pos >= end {
-            break;
-        }
-        if s.offset > pos {
-            out.push(Span {
-                offset: pos,
-                length: s.offset - pos,
-                data: true,
             });
-            pos = s.offset;
-            continue;
+            Ok(())
+        })?;
+        for s in window {
+            push(&mut out, s);
         }
-        let stop = s.offset + s.length;
-        out.push(Span {
-            offset: pos,
-            length: stop - pos,
-            data: s.data,
-        });
-        pos = stop;
+        pos += n;
     }
-    out.truncate(limit.max(1));
-    out
+    out.truncate(limit);
+    Ok(out)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -200,9 +181,7 @@ impl Backend for ImageBackend {
                 reason: "this connection may only read".into(),
             });
         }
-        let mut image = lock(&self.image);
-        *lock(&self.map) = None;
-        image.write_at(offset, data)
+        lock(&self.image).write_at(offset, data)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -210,8 +189,7 @@ impl Backend for ImageBackend {
     }
 
     fn spans(&mut self, offset: u64, length: u64, limit: usize) -> Result<Vec<Span>> {
-        let map = self.cached_map()?;
-        Ok(spans_from(&map, offset, length, limit))
+        image_spans(&mut lock(&self.image), offset, length, limit)
     }
 }
 
@@ -231,22 +209,29 @@ mod tests {
 
     #[test]
     fn spans_start_at_the_offset_and_stop_at_the_limit() {
-        let map = [
-            span(0, 100, false),
-            span(100, 50, true),
-            span(150, 850, false),
-        ];
-        assert_eq!(spans_from(&map, 10, 5, 8), vec![span(10, 90, false)]);
+        let mut img = CreateOptions::new(DiskType::Dynamic, 8 << 20)
+            .block_size(1 << 20)
+            .create_in(Box::new(MemStorage::new()), "mem.vhd", None)
+            .unwrap();
+        img.write_at(3 << 20, &[1; 1024]).unwrap();
+        img.write_at((3 << 20) + 4096, &[1; 512]).unwrap();
         assert_eq!(
-            spans_from(&map, 99, 2, 8),
-            vec![span(99, 1, false), span(100, 50, true)]
+            image_spans(&mut img, 10, 5, 8).unwrap(),
+            vec![span(10, 5, false)]
         );
-        assert_eq!(spans_from(&map, 0, 1000, 2).len(), 2);
-        assert_eq!(spans_from(&map, 1000, 10, 8), vec![]);
+        assert_eq!(
+            image_spans(&mut img, (3 << 20) - 1, 2, 8).unwrap(),
+            vec![span((3 << 20) - 1, 1, false), span(3 << 20, 1, true)]
+        );
+        let all = image_spans(&mut img, 0, 8 << 20, 8).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[3], span((3 << 20) + 4096, 512, true));
+        assert_eq!(image_spans(&mut img, 0, 8 << 20, 2).unwrap().len(), 2);
+        assert_eq!(image_spans(&mut img, 8 << 20, 10, 8).unwrap(), vec![]);
     }
 
     #[test]
-    fn writing_drops_the_cached_map() {
+    fn spans_see_every_write() {
         let img = CreateOptions::new(DiskType::Dynamic, 8 << 20)
             .create_in(Box::new(MemStorage::new()), "mem.vhd", None)
             .unwrap();

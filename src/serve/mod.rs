@@ -11,8 +11,7 @@
 //!
 //! A read-only export holds a shared lock on the image for as long as it
 //! runs, and every client opens the image again on its own (shared lock,
-//! its own caches), so clients read in parallel; they share one allocation
-//! map. A writable export holds the image once, with the exclusive lock.
+//! its own caches), so clients read in parallel. A writable export holds the image once, with the exclusive lock.
 //! Its first client may write; a client that connects while a writer is
 //! connected is served read-only (`NBD_FLAG_READ_ONLY`, writes answered
 //! `EPERM`) from the same image, so it sees the writer's data. When the
@@ -30,7 +29,7 @@ pub mod backend;
 pub mod proto;
 pub mod session;
 
-pub use backend::{Backend, ImageBackend, MapCache, Span};
+pub use backend::{Backend, ImageBackend, Span, image_spans};
 pub use session::{ExportInfo, SessionEnd, SessionError, run_session, run_session_with};
 
 use std::io;
@@ -109,7 +108,6 @@ pub struct Server {
     opener: Opener,
     options: ServeOptions,
     info: ExportInfo,
-    map: MapCache,
     address: String,
 }
 
@@ -241,7 +239,6 @@ impl Server {
             opener,
             options,
             info,
-            map: MapCache::default(),
             address,
         })
     }
@@ -367,15 +364,9 @@ impl Server {
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
         let backend = if self.options.writable {
-            Ok(ImageBackend::new(
-                Arc::clone(&self.image),
-                Arc::clone(&self.map),
-                is_writer,
-            ))
+            Ok(ImageBackend::new(Arc::clone(&self.image), is_writer))
         } else {
-            (self.opener)().map(|img| {
-                ImageBackend::new(Arc::new(Mutex::new(img)), Arc::clone(&self.map), false)
-            })
+            (self.opener)().map(|img| ImageBackend::new(Arc::new(Mutex::new(img)), false))
         };
         let mut backend = match backend {
             Ok(b) => b,
