@@ -11,15 +11,9 @@ use std::path::Path;
 
 use common::{
     Case, Peer, assert_same_bytes, cmd, our_images, peer_available, read_image, run, run_ok,
-    temp_dir,
+    sevenzip_read, temp_dir,
 };
 use vhdref::{DiskType, Image};
-
-/// `7zz e -so IMAGE`, run in the image's directory: the guest bytes.
-fn extract_to_stdout(image: &Path) -> std::process::Output {
-    let dir = image.parent().expect("image in a directory");
-    run(cmd("7zz", ["e".as_ref(), "-so".as_ref(), image.as_os_str()]).current_dir(dir))
-}
 
 #[test]
 fn sevenzip_streams_our_images_byte_for_byte() {
@@ -29,7 +23,7 @@ fn sevenzip_streams_our_images_byte_for_byte() {
     }
     let dir = temp_dir();
     for case in our_images(dir.path(), 0x71) {
-        let out = extract_to_stdout(case.path());
+        let out = sevenzip_read(case.path());
         assert!(
             out.status.success(),
             "{}: 7zz e -so failed with {}: {}",
@@ -217,7 +211,7 @@ fn sevenzip_and_vhdref_refuse_a_child_without_its_parent() {
     let lone = lone_dir.join("child.vhd");
     std::fs::copy(case.path(), &lone).expect("copying the child alone");
 
-    let out = extract_to_stdout(&lone);
+    let out = sevenzip_read(&lone);
     assert_eq!(out.status.code(), Some(2), "7zz e -so without the parent");
     assert!(out.stdout.is_empty(), "no guest bytes without the parent");
     let messages = String::from_utf8_lossy(&out.stderr);

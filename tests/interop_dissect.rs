@@ -16,43 +16,10 @@ mod common;
 use std::path::Path;
 
 use common::{
-    Case, KIB, MIB, Peer, Rng, assert_same_bytes, cmd, our_images, peer_available, read_all,
-    read_image, run_ok, scatter_random, temp_dir, venv_python, write_script,
+    Case, KIB, MIB, Peer, Rng, assert_same_bytes, cmd, dissect_read, our_images, peer_available,
+    read_all, read_image, run_ok, scatter_random, temp_dir, venv_python, write_script,
 };
 use vhdref::{DiskType, Image};
-
-/// `dissect_reader.py OUT IMAGE`: reads the whole disk with dissect's VHD
-/// class and writes it to OUT; prints its size.
-const DISSECT_READER: &str = r#"import sys
-from dissect.hypervisor.disk.vhd import VHD
-out, image = sys.argv[1], sys.argv[2]
-with open(image, "rb") as fh, open(out, "wb") as o:
-    v = VHD(fh)
-    left = v.size
-    while left > 0:
-        data = v.read(min(left, 1 << 22))
-        if not data:
-            sys.exit("short read with %d bytes left" % left)
-        o.write(data)
-        left -= len(data)
-print(v.size)
-"#;
-
-fn dissect_read(dir: &Path, image: &Path) -> (Vec<u8>, u64) {
-    let script = write_script(dir, "dissect_reader.py", DISSECT_READER);
-    let out_path = dir.join("dissect_out.raw");
-    let out = run_ok(&mut cmd(
-        venv_python(),
-        [script.as_os_str(), out_path.as_os_str(), image.as_os_str()],
-    ));
-    let size = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("dissect prints the size");
-    let bytes = std::fs::read(&out_path).expect("reading dissect's output");
-    std::fs::remove_file(&out_path).ok();
-    (bytes, size)
-}
 
 #[test]
 fn dissect_reads_our_fixed_and_dynamic_images() {

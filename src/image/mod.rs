@@ -42,6 +42,10 @@ use crate::rules::Finding;
 use crate::storage::Storage;
 use sparse::{Source, Sparse};
 
+/// The unit a differencing image's writes are widened to (8 sectors, one
+/// byte of a sector bitmap), as Windows writes children.
+pub const COPY_UP_UNIT: u64 = 4096;
+
 /// Guest bytes handled per step when a block's bitmap is walked: one step
 /// holds at most this many bytes' worth of runs (2048 for 1 MiB), so
 /// reading and mapping take bounded memory however fragmented a bitmap is.
@@ -71,6 +75,9 @@ pub struct Image {
     footer_offset: u64,
     /// The footer in use is the copy at offset 0 (FTR-TRAILING).
     from_copy: bool,
+    /// A differencing image writes exactly the sectors asked, without
+    /// widening them to copy-up groups.
+    exact_sectors: bool,
     layout: Layout,
     parent: Option<Box<Image>>,
     parent_source: Option<ParentSource>,
@@ -332,29 +339,76 @@ impl Image {
         Ok(())
     }
 
-    /// Whole sectors at a sector-aligned guest offset, block by block.
+    /// Whole sectors at a sector-aligned guest offset, block by block. In a
+    /// differencing image each piece is first widened to whole groups of
+    /// [`COPY_UP_UNIT`] bytes (see [`Image::set_exact_sectors`]).
     fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let Layout::Sparse(sparse) = &mut self.layout else {
+        let Layout::Sparse(sparse) = &self.layout else {
             return Err(Error::InvalidArgument(
                 "write_sectors on a fixed image".into(),
             ));
         };
         let block_size = sparse.block_size;
+        let copy_up = self.footer.disk_type == DiskType::Differencing && !self.exact_sectors;
         let mut pos = 0usize;
         while pos < data.len() {
             let guest = offset + pos as u64;
             let n = (block_size - guest % block_size).min((data.len() - pos) as u64) as usize;
-            sparse.write_block(
-                &mut self.storage,
-                &self.footer_bytes,
-                guest,
-                &data[pos..pos + n],
-            )?;
+            let piece = &data[pos..pos + n];
+            if copy_up {
+                self.write_copied_up(guest, piece)?;
+            } else {
+                self.write_block(guest, piece)?;
+            }
             pos += n;
         }
         Ok(())
     }
 
+    fn write_block(&mut self, guest: u64, data: &[u8]) -> Result<()> {
+        let Layout::Sparse(sparse) = &mut self.layout else {
+            return Err(Error::InvalidArgument(
+                "write_block on a fixed image".into(),
+            ));
+        };
+        sparse.write_block(&mut self.storage, &self.footer_bytes, guest, data)
+    }
+
+    /// Writes `data` (whole sectors inside one block) widened to whole
+    /// copy-up groups: the sectors of the groups it only partly covers are
+    /// written too, with what the disk reads there now (the parent's data,
+    /// or this image's own), so the bitmap never holds part of a group.
+    /// Readers that judge a group by its bitmap byte (libvhdi) then read
+    /// the child right. The extra sectors keep their contents, so a crash
+    /// leaves them old (which is also new).
+    fn write_copied_up(&mut self, guest: u64, data: &[u8]) -> Result<()> {
+        let Layout::Sparse(sparse) = &self.layout else {
+            return self.write_block(guest, data);
+        };
+        let block_size = sparse.block_size;
+        let block_start = guest - guest % block_size;
+        let disk_end = self.size().div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+        let block_end = (block_start + block_size).min(disk_end);
+        let end = guest + data.len() as u64;
+        let start = (guest - guest % COPY_UP_UNIT).max(block_start);
+        let stop = end
+            .div_ceil(COPY_UP_UNIT)
+            .saturating_mul(COPY_UP_UNIT)
+            .min(block_end)
+            .max(end);
+        if start == guest && stop == end {
+            return self.write_block(guest, data);
+        }
+        let len = usize::try_from(stop - start)
+            .map_err(|_| Error::InvalidArgument("copy-up group too large".into()))?;
+        let mut buf = vec![0u8; len];
+        let head = (guest - start) as usize;
+        let tail = (end - start) as usize;
+        self.read_inner(start, &mut buf[..head])?;
+        self.read_inner(end, &mut buf[tail..])?;
+        buf[head..tail].copy_from_slice(data);
+        self.write_block(start, &buf)
+    }
     /// Makes every write so far durable, writing metadata in the documented
     /// order (see the `sparse` module). A no-op on read-only images.
     ///
@@ -387,6 +441,17 @@ impl Image {
             Err(_) if self.storage.failed().is_some() => Err(self.failed_error()),
             other => other,
         }
+    }
+
+    /// How a differencing image writes: by default each write is widened
+    /// to whole groups of [`COPY_UP_UNIT`] bytes (the rest of a group is
+    /// copied up from what the disk reads there), as Windows writes
+    /// children, so that readers which judge a group by its bitmap byte
+    /// read the child right (libvhdi, spec/divergences.md D3). With
+    /// `exact`, only the sectors written are set, for building test cases.
+    /// No effect on fixed and dynamic images.
+    pub fn set_exact_sectors(&mut self, exact: bool) {
+        self.exact_sectors = exact;
     }
 
     /// Whether a sync failed earlier (see [`Image::flush`]).

@@ -293,6 +293,7 @@ impl OpenOptions {
             footer,
             footer_offset: located.offset,
             from_copy: located.from_copy,
+            exact_sectors: false,
             layout,
             parent: None,
             parent_source: None,

@@ -778,6 +778,69 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         disk_type: DiskType::Differencing,
     });
 
+    // What `convert` writes: a raw disk with holes and data into a dynamic
+    // image (1 MiB blocks) and a fixed one.
+    let d = subdir("converted");
+    let raw = d.join("source.raw");
+    let mut source = vec![0u8; (5 * MIB + 7 * SECTOR) as usize];
+    for range in [0..3000, 1_500_000..1_600_000, 4_000_000..5_000_000] {
+        rng.fill(&mut source[range]);
+    }
+    std::fs::write(&raw, &source).expect("writing the raw source");
+    for (name, disk_type) in [
+        ("converted-dynamic", DiskType::Dynamic),
+        ("converted-fixed", DiskType::Fixed),
+    ] {
+        let path = d.join(format!("{name}.vhd"));
+        let mut src = vhdref::convert::RawSource::new(
+            Box::new(vhdref::storage::FileStorage::open(&raw, false).expect("raw source")),
+            "source.raw",
+        )
+        .expect("raw source");
+        let mut out = CreateOptions::new(disk_type, source.len() as u64)
+            .block_size(1 << 20)
+            .create(&path)
+            .expect("convert output");
+        let size = out.size();
+        vhdref::convert::copy(&mut src, &mut out, size, &mut |_| {})
+            .map_err(|e| e.error)
+            .expect("convert");
+        out.close().expect("closing the convert output");
+        cases.push(Case {
+            name,
+            chain: vec![path],
+            expected: source.clone(),
+            disk_type,
+        });
+    }
+
+    // What `commit` leaves: a dynamic parent after a child written a few
+    // sectors at a time was merged into it.
+    let d = subdir("committed");
+    let parent = d.join("committed.vhd");
+    let parent_expected = make_base(
+        &parent,
+        &CreateOptions::new(DiskType::Dynamic, 4 * MIB).block_size(512 * 1024),
+        &mut rng,
+        4,
+        Some(0..3 * MIB),
+    );
+    let child = d.join("top.vhd");
+    let expected = make_child(
+        &child,
+        &parent,
+        &parent_expected,
+        &mut rng,
+        ChildWrites::Sectors,
+    );
+    Image::commit(&child, vhdref::OpenOptions::new()).expect("commit");
+    cases.push(Case {
+        name: "committed",
+        chain: vec![parent],
+        expected,
+        disk_type: DiskType::Dynamic,
+    });
+
     // vhdref itself must read every case as expected, or the peers'
     // verdicts mean nothing.
     for case in &cases {
@@ -788,4 +851,65 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         );
     }
     cases
+}
+
+/// `dissect_reader.py OUT IMAGE`: reads the whole disk with dissect's VHD
+/// class and writes it to OUT; prints its size.
+const DISSECT_READER: &str = r#"import sys
+from dissect.hypervisor.disk.vhd import VHD
+out, image = sys.argv[1], sys.argv[2]
+with open(image, "rb") as fh, open(out, "wb") as o:
+    v = VHD(fh)
+    left = v.size
+    while left > 0:
+        data = v.read(min(left, 1 << 22))
+        if not data:
+            sys.exit("short read with %d bytes left" % left)
+        o.write(data)
+        left -= len(data)
+print(v.size)
+"#;
+
+pub fn dissect_read(dir: &Path, image: &Path) -> (Vec<u8>, u64) {
+    let script = write_script(dir, "dissect_reader.py", DISSECT_READER);
+    let out_path = dir.join("dissect_out.raw");
+    let out = run_ok(&mut cmd(
+        venv_python(),
+        [script.as_os_str(), out_path.as_os_str(), image.as_os_str()],
+    ));
+    let size = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("dissect prints the size");
+    let bytes = std::fs::read(&out_path).expect("reading dissect's output");
+    std::fs::remove_file(&out_path).ok();
+    (bytes, size)
+}
+
+/// `7zz e -so IMAGE`, run in the image's directory (where 7-Zip looks for
+/// parents): the guest bytes on stdout.
+pub fn sevenzip_read(image: &Path) -> Output {
+    let dir = image.parent().expect("image in a directory");
+    run(cmd("7zz", ["e".as_ref(), "-so".as_ref(), image.as_os_str()]).current_dir(dir))
+}
+
+/// `qemu-img convert -f vpc -O raw IMAGE OUT`: the guest bytes as QEMU
+/// reads them (it has no differencing support).
+pub fn qemu_read(dir: &Path, image: &Path) -> Vec<u8> {
+    let out = dir.join("qemu_out.raw");
+    run_ok(&mut cmd(
+        "qemu-img",
+        [
+            "convert".as_ref(),
+            "-f".as_ref(),
+            "vpc".as_ref(),
+            "-O".as_ref(),
+            "raw".as_ref(),
+            image.as_os_str(),
+            out.as_os_str(),
+        ],
+    ));
+    let bytes = std::fs::read(&out).expect("reading qemu-img's output");
+    std::fs::remove_file(&out).ok();
+    bytes
 }
