@@ -3,73 +3,18 @@
 //! Exit statuses checked here: 0 ok, 1 error, 2 clap usage errors (and
 //! `check` errors, `compare` failures), 3 `check` warnings; 101 never.
 
+mod cli_support;
 #[path = "common/skip.rs"]
 mod skip;
 
-use std::io::Write;
+use cli_support::{code, stderr, stdout, vhd, vhd_ok, vhd_with_stdin};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 const MIB: u64 = 1024 * 1024;
-
-/// Runs `vhd` in `dir` with `args`, feeding `stdin`.
-fn vhd_with_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vhd"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the vhd binary runs");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    let data = stdin.to_vec();
-    // Feed from a thread: the tool may stop reading early (and close stdin).
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("vhd finishes");
-    let _ = feeder.join();
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "vhd {args:?} panicked: {}",
-        stderr(&out)
-    );
-    out
-}
-
-/// Runs `vhd` in `dir` with `args` and empty stdin.
-fn vhd(dir: &Path, args: &[&str]) -> Output {
-    vhd_with_stdin(dir, args, b"")
-}
-
-/// Runs `vhd` and insists that it succeeds.
-fn vhd_ok(dir: &Path, args: &[&str]) -> Output {
-    let out = vhd(dir, args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "vhd {args:?} failed: {}",
-        stderr(&out)
-    );
-    out
-}
-
-fn code(out: &Output) -> Option<i32> {
-    out.status.code()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn info_json(dir: &Path, image: &str) -> Value {
     let out = vhd_ok(dir, &["info", image, "--output", "json"]);
