@@ -10,6 +10,9 @@
 //!   `check` found errors;
 //! * 3: `check` found only warnings.
 //!
+//! `conform` exits 0 when every case passed, 2 when some did not, 1 when
+//! nothing could be run.
+//!
 //! Status 101 (a panic) is always a bug.
 
 mod args;
@@ -17,6 +20,7 @@ mod bench;
 mod check;
 mod commit;
 mod compare;
+mod conform;
 mod convert;
 mod create;
 pub mod info;
@@ -63,6 +67,7 @@ enum Command {
     Compare(compare::CompareArgs),
     Commit(commit::CommitArgs),
     Bench(bench::BenchArgs),
+    Conform(conform::ConformArgs),
 }
 
 /// Runs the tool with the process arguments; returns the exit status.
@@ -96,6 +101,7 @@ where
         Command::Compare(a) => compare::run(&a),
         Command::Commit(a) => commit::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Conform(a) => conform::run(&a),
     };
     match result {
         Ok(code) => code,
