@@ -272,11 +272,7 @@ fn list(peers: &[Peer], corpus: Option<&Corpus>, selection: &Selection) -> CmdRe
     let mut out = String::new();
     let mut any = false;
     if let Some(corpus) = corpus {
-        for case in corpus
-            .cases()
-            .iter()
-            .filter(|c| selection.selects(&c.name))
-        {
+        for case in corpus.cases().iter().filter(|c| selection.selects(&c.name)) {
             any = true;
             let _ = writeln!(
                 out,

@@ -87,6 +87,28 @@ impl Run {
         }
     }
 
+    /// The same run with the scratch directory `dir` taken out of what
+    /// the command said (`DIR/case/x.vhd` becomes `x.vhd`), so that
+    /// reports of two runs compare equal.
+    #[must_use]
+    pub fn without_dir(mut self, dir: &Path) -> Run {
+        let mut prefixes: Vec<String> = Vec::new();
+        for d in [Some(dir.to_path_buf()), dir.canonicalize().ok()]
+            .into_iter()
+            .flatten()
+        {
+            let d = d.display().to_string();
+            for sub in ["case/", "out/", ""] {
+                prefixes.push(format!("{d}/{sub}"));
+            }
+        }
+        for p in &prefixes {
+            self.stderr = self.stderr.replace(p.as_str(), "");
+            self.stdout = self.stdout.replace(p.as_str(), "");
+        }
+        self
+    }
+
     /// The line that best says what went wrong: the last non-empty line of
     /// standard error, else of standard output.
     pub fn last_words(&self) -> Option<&str> {
@@ -143,7 +165,12 @@ impl CommandTemplate {
     /// name for the peer (`scripts/conform/read-qemu.sh ...` gives
     /// `read-qemu.sh`).
     pub fn program_name(&self) -> String {
-        let first = self.template.split_whitespace().next().unwrap_or("peer");
+        let first = self
+            .template
+            .split_whitespace()
+            .next()
+            .unwrap_or("peer")
+            .trim_matches(['"', '\'']);
         Path::new(first)
             .file_name()
             .map_or_else(|| first.to_string(), |n| n.to_string_lossy().into_owned())
@@ -309,7 +336,9 @@ impl Collector {
                     if n == 0 {
                         break;
                     }
-                    let mut k = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut k = kept
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     k.extend_from_slice(&buf[..n]);
                     if k.len() > 2 * KEEP {
                         let cut = k.len() - KEEP;
@@ -318,10 +347,7 @@ impl Collector {
                 }
             })
         });
-        Collector {
-            kept,
-            thread,
-        }
+        Collector { kept, thread }
     }
 
     /// What was kept. Waits up to a second for the stream to close (a

@@ -283,7 +283,9 @@ fn copy_unpacked(from: &Path, to: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         if crate::convert::is_zero(&buf[..n]) {
-            out.seek(SeekFrom::Current(i64::try_from(n).map_err(io::Error::other)?))?;
+            out.seek(SeekFrom::Current(
+                i64::try_from(n).map_err(io::Error::other)?,
+            ))?;
         } else {
             out.write_all(&buf[..n])?;
         }

@@ -322,7 +322,10 @@ impl Selection {
 
 /// `0x1234 (sector 9)`.
 fn place(offset: u64) -> String {
-    format!("{offset:#x} (sector {})", offset / crate::format::SECTOR_SIZE)
+    format!(
+        "{offset:#x} (sector {})",
+        offset / crate::format::SECTOR_SIZE
+    )
 }
 
 /// A scratch directory for one case.

@@ -8,9 +8,9 @@ use super::command::{CommandTemplate, Run, Status};
 use super::compare::{first_difference, raw_source, sha256_file};
 use super::corpus::{Corpus, CorpusCase};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
+use crate::Image;
 use crate::convert::{self, RawSink};
 use crate::storage::{FileStorage, Storage};
-use crate::Image;
 
 /// An implementation that reads a VHD (with its parents, found beside
 /// it or through its locators) and writes its guest contents as a raw
@@ -83,7 +83,9 @@ fn read_to_raw(image: &Path, raw: &Path) -> crate::Result<()> {
     let mut img = Image::open(image)?;
     let size = img.size();
     let mut storage = FileStorage::create_new(raw).map_err(|e| match e {
-        crate::storage::OpenError::Io(e) => crate::Error::io(format!("creating {}", raw.display()), e),
+        crate::storage::OpenError::Io(e) => {
+            crate::Error::io(format!("creating {}", raw.display()), e)
+        }
         crate::storage::OpenError::Locked(_) => crate::Error::io(
             format!("creating {}", raw.display()),
             std::io::Error::other("locked"),
@@ -141,7 +143,7 @@ fn run_case(
         message: format!("cannot create it: {e}"),
     })?;
     let raw = out_dir.join(format!("{}.raw", case.name));
-    let run = reader.read(&image, &raw);
+    let run = reader.read(&image, &raw).without_dir(dir.path());
     let mut result = if case.open {
         judge_read(case, &image, &raw, &run)
     } else {
@@ -268,7 +270,11 @@ fn judge_refusal(case: &CorpusCase, raw: &Path, run: &Run) -> CaseResult {
         Status::Exited(0) => {
             let written = std::fs::metadata(raw).map(|m| m.len()).unwrap_or(0);
             if written == 0 {
-                CaseResult::new(name, Outcome::Pass, "refused it: exited 0 but wrote nothing")
+                CaseResult::new(
+                    name,
+                    Outcome::Pass,
+                    "refused it: exited 0 but wrote nothing",
+                )
             } else {
                 let mut r = CaseResult::new(
                     name,
@@ -279,7 +285,9 @@ fn judge_refusal(case: &CorpusCase, raw: &Path, run: &Run) -> CaseResult {
                 r
             }
         }
-        Status::Exited(_) => CaseResult::new(name, Outcome::Pass, format!("refused it{}", said(run))),
+        Status::Exited(_) => {
+            CaseResult::new(name, Outcome::Pass, format!("refused it{}", said(run)))
+        }
         Status::Killed(_) => CaseResult::new(
             name,
             Outcome::Fail,

@@ -10,7 +10,7 @@ use super::compare::{first_difference, first_nonzero, raw_source};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
 use crate::check::{self, CheckOptions, Verdict};
 use crate::convert::{self, Source};
-use crate::format::geometry::MAX_CHS_SECTORS;
+use crate::format::geometry::{MAX_CHS_SECTORS, chs_rounded_size};
 use crate::format::{Footer, Geometry, SECTOR_SIZE};
 use crate::rules::{Finding, Rule, Severity};
 use crate::storage::{FileStorage, Storage};
@@ -154,7 +154,11 @@ impl WriterCase {
     }
 
     fn with(mut self, offset: u64, len: u64, fill: Fill) -> Self {
-        debug_assert!(offset + len <= self.size, "{}: extent past the end", self.name);
+        debug_assert!(
+            offset + len <= self.size,
+            "{}: extent past the end",
+            self.name
+        );
         self.extents.push((offset, len, fill));
         self
     }
@@ -181,9 +185,7 @@ impl WriterCase {
         let io = |what: &str, e| crate::Error::io(format!("{what} {}", path.display()), e);
         let mut storage = FileStorage::create_new(path).map_err(|e| match e {
             crate::storage::OpenError::Io(e) => io("creating", e),
-            crate::storage::OpenError::Locked(_) => {
-                io("creating", std::io::Error::other("locked"))
-            }
+            crate::storage::OpenError::Locked(_) => io("creating", std::io::Error::other("locked")),
         })?;
         storage.set_len(self.size).map_err(|e| io("sizing", e))?;
         let mut buf = vec![0u8; usize::try_from(MIB).unwrap_or(1 << 20)];
@@ -259,10 +261,7 @@ fn chs_switches() -> Vec<(u64, String)> {
             ));
         }
     }
-    out.push((
-        31 * 16 * 1024,
-        "31 sectors per track give way to 63".into(),
-    ));
+    out.push((31 * 16 * 1024, "31 sectors per track give way to 63".into()));
     out.push((
         65535 * 16 * 63,
         "63 sectors per track give way to 255".into(),
@@ -333,7 +332,11 @@ pub fn writer_cases() -> Vec<WriterCase> {
             "16 MiB of data runs and holes that start and end off block and sector edges",
         )
         .with(0, 100_000, Fill::Stamp)
-        .with(3 * MIB + SECTOR_SIZE, 2 * MIB - 2 * SECTOR_SIZE, Fill::Noise(4))
+        .with(
+            3 * MIB + SECTOR_SIZE,
+            2 * MIB - 2 * SECTOR_SIZE,
+            Fill::Noise(4),
+        )
         .with(9 * MIB, 64 * KIB, Fill::Ones)
         .with(16 * MIB - 4 * KIB, 4 * KIB, Fill::Stamp),
     ];
@@ -467,7 +470,7 @@ fn run_case(case: &WriterCase, writer: &mut dyn Writer) -> Result<CaseResult, Co
         message: format!("cannot make the raw input: {e}"),
     })?;
     let image = dir.path().join(format!("{}.vhd", case.name));
-    let run = writer.write(&raw, &image);
+    let run = writer.write(&raw, &image).without_dir(dir.path());
     let mut result = judge(case, &raw, &image, &run).with_run(&run);
     result.expected_size = Some(case.size);
     Ok(result)
@@ -501,10 +504,8 @@ fn judge(case: &WriterCase, raw: &Path, image: &Path, run: &Run) -> CaseResult {
     }
     let report = check::check(image, &CheckOptions::new());
     if report.verdict() == Verdict::NotChecked {
-        let why = report
-            .not_checked
-            .map_or_else(String::new, |n| n.message);
-        return fail(format!("wrote something that is not a VHD: {why}"));
+        let why = report.not_checked.map_or_else(String::new, |n| n.message);
+        return fail(format!("wrote no image the checker can read: {why}"));
     }
     let mut img = match Image::open(image) {
         Ok(img) => img,
@@ -537,7 +538,10 @@ fn judge(case: &WriterCase, raw: &Path, image: &Path, run: &Run) -> CaseResult {
             first.rule.id(),
             first.message
         ));
-        r.rules = changing.iter().map(|(f, _)| f.rule.id().to_string()).collect();
+        r.rules = changing
+            .iter()
+            .map(|(f, _)| f.rule.id().to_string())
+            .collect();
         r
     } else {
         compare_contents(case, raw, &mut img)
@@ -556,7 +560,9 @@ fn judge(case: &WriterCase, raw: &Path, image: &Path, run: &Run) -> CaseResult {
 }
 
 /// Compares the image's contents with the raw input: equal over the
-/// input, and zeros in whatever the writer added by rounding up.
+/// input, and zeros in whatever the writer added by rounding up, which
+/// may be at most what rounding up to a whole sector, or to the size of
+/// a CHS geometry (as QEMU does without `force_size`), adds.
 fn compare_contents(case: &WriterCase, raw: &Path, img: &mut Image) -> CaseResult {
     let name = &case.name;
     let fail = |detail: String, offset: Option<u64>| {
@@ -601,6 +607,17 @@ fn compare_contents(case: &WriterCase, raw: &Path, img: &mut Image) -> CaseResul
                 d.expected
             ),
             Some(d.offset),
+        );
+    }
+    let sector_rounded = input.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+    let chs = chs_rounded_size(input).unwrap_or(0);
+    if output > sector_rounded.max(chs) {
+        return fail(
+            format!(
+                "grew the disk from {input} to {output} bytes: more than rounding up to a \
+                 sector ({sector_rounded}) or to a CHS geometry ({chs}) gives"
+            ),
+            Some(input),
         );
     }
     if let Some(at) = extra {
@@ -659,7 +676,12 @@ mod tests {
         assert_eq!(names.len(), before, "duplicate writer case names");
         for c in &cases {
             for &(o, l, _) in &c.extents {
-                assert!(o + l <= c.size, "{}: extent {o}+{l} past {}", c.name, c.size);
+                assert!(
+                    o + l <= c.size,
+                    "{}: extent {o}+{l} past {}",
+                    c.name,
+                    c.size
+                );
             }
         }
     }
