@@ -42,6 +42,7 @@ use super::output::{Failure, escape, print, print_json, write_stdout};
 /// Exit status: 0 every case passed, 2 some case failed (or was
 /// unsupported, without --allow-unsupported), 1 nothing could be run.
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // independent command-line switches
 #[command(
     after_help = "Examples:\n  vhd conform --reader 'qemu-img convert -f vpc -O raw {image} {raw}' --skip-differencing\n  vhd conform --writer 'qemu-img convert -f raw -O vpc {raw} {image}' --cases 'chs-*'\n  vhd conform --reader 'scripts/conform/read-7zip.sh {image} {raw}' --output junit > conform.xml\n  vhd conform --self"
 )]
@@ -228,10 +229,10 @@ fn peers(args: &ConformArgs) -> Result<Vec<Peer>, Failure> {
     let template = |cmd: &str| -> Result<CommandTemplate, Failure> {
         let mut t = CommandTemplate::new(cmd, timeout).map_err(|e| failure(&e))?;
         // Adapters that call vhd find this one, unless told otherwise.
-        if std::env::var_os("VHD").is_none() {
-            if let Ok(exe) = std::env::current_exe() {
-                t = t.env("VHD", exe);
-            }
+        if std::env::var_os("VHD").is_none()
+            && let Ok(exe) = std::env::current_exe()
+        {
+            t = t.env("VHD", exe);
         }
         Ok(t)
     };
@@ -297,7 +298,7 @@ fn list(peers: &[Peer], corpus: Option<&Corpus>, selection: &Selection) -> CmdRe
         }
     }
     print(&out)?;
-    Ok(if any { 0 } else { 1 })
+    Ok(i32::from(!any))
 }
 
 fn suite_head(kind: &str, name: &str, command: Option<String>) -> String {

@@ -268,7 +268,7 @@ fn judge_refusal(case: &CorpusCase, raw: &Path, run: &Run) -> CaseResult {
     };
     let mut result = match &run.status {
         Status::Exited(0) => {
-            let written = std::fs::metadata(raw).map(|m| m.len()).unwrap_or(0);
+            let written = std::fs::metadata(raw).map_or(0, |m| m.len());
             if written == 0 {
                 CaseResult::new(
                     name,

@@ -280,7 +280,15 @@ fn chs_switches() -> Vec<(u64, String)> {
 /// large disks that are mostly holes (6 GiB, 200 GiB past the CHS limit,
 /// and 2040 GiB, the largest VHD).
 pub fn writer_cases() -> Vec<WriterCase> {
-    let mut cases = vec![
+    let mut cases = pattern_cases();
+    cases.extend(switch_cases());
+    cases.extend(large_cases());
+    cases
+}
+
+/// The small cases: 0 bytes, one sector, unaligned sizes, patterns, holes.
+fn pattern_cases() -> Vec<WriterCase> {
+    vec![
         WriterCase {
             may_refuse: true,
             ..WriterCase::new(
@@ -339,11 +347,17 @@ pub fn writer_cases() -> Vec<WriterCase> {
         )
         .with(9 * MIB, 64 * KIB, Fill::Ones)
         .with(16 * MIB - 4 * KIB, 4 * KIB, Fill::Stamp),
-    ];
+    ]
+}
+
+/// One sector below and at every switch of the CHS algorithm, with data
+/// in the first and the last sector.
+fn switch_cases() -> Vec<WriterCase> {
+    let g = |g: Geometry| format!("{}/{}/{}", g.cylinders, g.heads, g.sectors_per_track);
+    let mut cases = Vec::new();
     for (sectors, what) in chs_switches() {
         let below = Geometry::from_total_sectors(sectors - 1);
         let at = Geometry::from_total_sectors(sectors);
-        let g = |g: Geometry| format!("{}/{}/{}", g.cylinders, g.heads, g.sectors_per_track);
         cases.push(
             WriterCase::new(
                 format!("chs-{sectors}-below"),
@@ -368,8 +382,13 @@ pub fn writer_cases() -> Vec<WriterCase> {
             .ends(),
         );
     }
+    cases
+}
+
+/// Disks of gigabytes that are mostly holes.
+fn large_cases() -> Vec<WriterCase> {
     let four_g = 4 * GIB;
-    cases.extend([
+    vec![
         WriterCase::new(
             "large-6g",
             6 * GIB,
@@ -392,8 +411,7 @@ pub fn writer_cases() -> Vec<WriterCase> {
             "2040 GiB, the largest disk Microsoft's tools make in this format",
         )
         .ends(),
-    ]);
-    cases
+    ]
 }
 
 /// Whether a warning of the checker means that other readers see other
