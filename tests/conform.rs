@@ -360,6 +360,33 @@ fn every_adapter_of_the_registry_has_a_test_and_an_expected_list() {
     }
 }
 
+#[test]
+fn every_expected_failure_names_a_divergence_the_spec_describes() {
+    let spec = std::fs::read_to_string(root().join("spec/divergences.md")).expect("divergences");
+    let dir = root().join("scripts/conform/expected");
+    for entry in std::fs::read_dir(&dir).expect("expected/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        for line in text.lines().filter_map(|l| l.split('#').next()) {
+            let mut words = line.split_whitespace();
+            let Some(case) = words.next() else { continue };
+            let tags: Vec<&str> = words.collect();
+            assert!(
+                !tags.is_empty(),
+                "{}: {case} names no divergence",
+                path.display()
+            );
+            for tag in tags {
+                assert!(
+                    spec.contains(&format!("\n| {tag} | ")),
+                    "{}: {case}: {tag} is not a row of spec/divergences.md",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
 // ------------------------------------------------- broken readers and writers
 
 #[test]
