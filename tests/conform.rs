@@ -462,13 +462,20 @@ fn a_reader_that_refuses_everything_passes_only_the_error_cases() {
 }
 
 #[test]
-fn a_reader_that_hangs_is_killed_at_the_time_limit() {
+fn a_reader_that_hangs_is_killed_at_the_time_limit_with_everything_it_started() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let late = dir.path().join("late");
+    // The shell starts a subshell that would write a file after 3 s, and
+    // waits for it: killing only the shell would leave the subshell to
+    // write it.
+    let template = format!(
+        "(sleep 3 && touch '{}') & wait # {{image}} {{raw}}",
+        late.display()
+    );
     let start = Instant::now();
-    // The shell starts sleep in the background and waits: killing only
-    // the shell would leave sleep holding the output pipe.
     let (code, report) = conform_json(&[
         "--reader",
-        "sleep 30 & wait # {image} {raw}",
+        &template,
         "--timeout",
         "1",
         "--cases",
@@ -480,9 +487,14 @@ fn a_reader_that_hangs_is_killed_at_the_time_limit() {
         "timed out reading a valid image"
     );
     assert!(
-        start.elapsed() < Duration::from_secs(15),
+        start.elapsed() < Duration::from_secs(3),
         "took {:?}",
         start.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !late.exists(),
+        "a process the reader started outlived the time limit"
     );
 }
 
@@ -697,9 +709,11 @@ fn the_json_report_adds_up() {
 
 #[test]
 fn the_junit_report_is_well_formed_and_agrees_with_the_json_one() {
+    // A reader that refuses everything, with markup and a control
+    // character in what it says.
     let args = [
         "--reader",
-        "cp {image} {raw}",
+        r#"printf '<b> & "it'"'"'s" \001\n' >&2; exit 1 # {image} {raw}"#,
         "--cases",
         "vs-*",
         "--cases",
@@ -723,6 +737,10 @@ fn the_junit_report_is_well_formed_and_agrees_with_the_json_one() {
         usize::try_from(s["failed"].as_u64().unwrap_or(0)).unwrap_or(0)
     );
     assert_eq!(elements.iter().filter(|e| *e == "skipped").count(), 1);
+    assert!(
+        xml.contains("(exit 1: &lt;b&gt; &amp; &quot;it&apos;s&quot; \\x01)"),
+        "{xml}"
+    );
     assert!(xml.contains(&format!(
         "<testsuites name=\"vhd conform\" tests=\"{total}\" failures=\"{}\" skipped=\"1\"",
         s["failed"]
