@@ -44,7 +44,7 @@ use super::output::{Failure, escape, print, print_json, write_stdout};
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)] // independent command-line switches
 #[command(
-    after_help = "Examples:\n  vhd conform --reader 'qemu-img convert -f vpc -O raw {image} {raw}' --skip-differencing\n  vhd conform --writer 'qemu-img convert -f raw -O vpc {raw} {image}' --cases 'chs-*'\n  vhd conform --reader 'scripts/conform/read-7zip.sh {image} {raw}' --output junit > conform.xml\n  vhd conform --self"
+    after_help = "Example:\n  vhd conform --reader 'qemu-img convert -f vpc -O raw {image} {raw}' --skip-differencing\n  vhd conform --writer 'qemu-img convert -f raw -O vpc {raw} {image}' --cases 'chs-*'\n  vhd conform --reader 'scripts/conform/read-7zip.sh {image} {raw}' --output junit > conform.xml\n  vhd conform --self"
 )]
 pub struct ConformArgs {
     /// A reader to judge: a command with {image} and {raw}.
