@@ -1,6 +1,6 @@
 //! `scripts/ci-recipe.sh`, the script the README's "For other projects'
 //! CI" section tells projects to copy: it checks every image under a
-//! directory (a JUnit file each), runs a reader over the corpus (one JUnit
+//! directory (a `JUnit` file each), runs a reader over the corpus (one `JUnit`
 //! file), and its exit status fails the job exactly when an image has an
 //! error (or a warning, with STRICT=1), the reader fails a case, or there
 //! is nothing to check.
