@@ -665,7 +665,7 @@ fn list_shows_the_selected_cases_without_running_them() {
     ]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
-    assert!(text.contains("reader  vs-fixed  Valid"), "{text}");
+    assert!(text.contains("reader  vs-fixed  valid"), "{text}");
     assert!(text.contains("writer  empty  0 bytes"), "{text}");
     assert_eq!(text.lines().count(), 2, "{text}");
 }

@@ -277,9 +277,9 @@ fn list(peers: &[Peer], corpus: Option<&Corpus>, selection: &Selection) -> CmdRe
             any = true;
             let _ = writeln!(
                 out,
-                "reader  {}  {:?}  {}",
+                "reader  {}  {}  {}",
                 case.name,
-                case.verdict,
+                case.verdict.name(),
                 escape(case.description.as_deref().unwrap_or(""))
             );
         }

@@ -41,6 +41,17 @@ pub enum Expected {
     Errors,
 }
 
+impl Expected {
+    /// `valid`, `warnings` or `errors`, as the manifest spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expected::Valid => "valid",
+            Expected::Warnings => "warnings",
+            Expected::Errors => "errors",
+        }
+    }
+}
+
 /// One image of a chain, as the manifest lists it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Layer {
