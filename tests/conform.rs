@@ -462,6 +462,25 @@ fn a_reader_that_refuses_everything_passes_only_the_error_cases() {
 }
 
 #[test]
+fn a_reader_that_is_not_installed_refuses_nothing() {
+    let (code, report) = conform_json(&[
+        "--reader",
+        "no-such-reader-here {image} {raw}",
+        "--cases",
+        "x-HDR-CHECKSUM",
+    ]);
+    assert_eq!(code, Some(2));
+    let c = case(&report, "x-HDR-CHECKSUM");
+    assert_eq!(c["outcome"], "fail");
+    assert!(
+        c["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("the command did not run (exit 127: ")),
+        "{c}"
+    );
+}
+
+#[test]
 fn a_reader_that_hangs_is_killed_at_the_time_limit_with_everything_it_started() {
     let dir = tempfile::tempdir().expect("temp dir");
     let late = dir.path().join("late");

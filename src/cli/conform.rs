@@ -27,7 +27,8 @@ use super::output::{Failure, escape, print, print_json, write_stdout};
 /// path where the reader must write the guest contents. A valid case (or
 /// one with only warnings) passes when the reader exits 0 and {raw} holds
 /// exactly the expected contents; a case that breaks an error rule passes
-/// when the reader refuses it (exits non-zero, or writes nothing).
+/// when the reader refuses it (exits non-zero, or writes nothing; exit 126
+/// or 127 means the shell could not run the command, which is no refusal).
 ///
 /// --writer 'CMD {raw} {image}': the writer must turn the raw disk {raw}
 /// into a VHD at {image}. The image passes when `vhd check` finds no

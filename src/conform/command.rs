@@ -34,6 +34,13 @@ impl Status {
         *self == Status::Exited(0)
     }
 
+    /// Whether the shell could not run the command at all: exit 126 (not
+    /// executable) or 127 (not found), or it never started. Such a run is
+    /// no refusal.
+    pub fn did_not_run(&self) -> bool {
+        matches!(self, Status::Exited(126 | 127) | Status::NotStarted(_))
+    }
+
     /// The exit status, when the command exited.
     pub fn code(&self) -> Option<i32> {
         match self {

@@ -10,8 +10,9 @@
 //!   from what vhdref reads (which is the manifest's contents: the corpus
 //!   test holds vhdref to them);
 //! * a case that breaks an error rule passes when the reader refuses it:
-//!   a non-zero exit, or no output at all. A reader that reads it fails
-//!   the case, and the report names the rule it should have seen.
+//!   a non-zero exit, or no output at all (but not exit 126 or 127: the
+//!   shell could not run the command). A reader that reads it fails the
+//!   case, and the report names the rule it should have seen.
 //!
 //! A **writer** run makes raw disks ([`writer_cases`]: sizes at every
 //! switch of the CHS geometry algorithm, one sector, unaligned sizes,

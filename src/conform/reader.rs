@@ -267,6 +267,11 @@ fn judge_refusal(case: &CorpusCase, raw: &Path, run: &Run) -> CaseResult {
         rules.join(", ")
     };
     let mut result = match &run.status {
+        status if status.did_not_run() => CaseResult::new(
+            name,
+            Outcome::Fail,
+            format!("the command did not run{}", said(run)),
+        ),
         Status::Exited(0) => {
             let written = std::fs::metadata(raw).map_or(0, |m| m.len());
             if written == 0 {

@@ -507,6 +507,9 @@ fn judge(case: &WriterCase, raw: &Path, image: &Path, run: &Run) -> CaseResult {
     let fail = |detail: String| CaseResult::new(name, Outcome::Fail, detail);
     match &run.status {
         Status::Exited(0) => {}
+        status if status.did_not_run() => {
+            return fail(format!("the command did not run{}", said(run)));
+        }
         Status::Exited(_) if case.may_refuse => {
             return CaseResult::new(
                 name,
