@@ -6,8 +6,9 @@
 //! `JUnit` reports are well-formed and agree with the summary, and the
 //! exit status says whether everything passed.
 //!
-//! The real adapters run over every case once each (about 10 to 50 s per
-//! peer on a loaded two-core machine); everything else runs on a handful
+//! The real adapters run over every case once each (5 to 75 s per peer
+//! on a loaded two-core machine, about two minutes for the whole file
+//! with the default two test threads); everything else runs on a handful
 //! of cases.
 
 #[path = "common/skip.rs"]
