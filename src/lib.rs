@@ -26,6 +26,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod conform;
 pub mod convert;
 pub mod error;
 pub mod format;

@@ -10,6 +10,9 @@
 //!   `check` found errors;
 //! * 3: `check` found only warnings.
 //!
+//! `conform` exits 0 when every case passed, 2 when some did not, 1 when
+//! nothing could be run.
+//!
 //! Status 101 (a panic) is always a bug.
 
 mod args;
@@ -17,6 +20,7 @@ mod bench;
 mod check;
 mod commit;
 mod compare;
+mod conform;
 mod convert;
 mod create;
 pub mod info;
@@ -69,6 +73,7 @@ enum Command {
     Serve(serve::ServeArgs),
     #[cfg(target_os = "linux")]
     Mount(mount::MountArgs),
+    Conform(conform::ConformArgs),
 }
 
 /// Runs the tool with the process arguments; returns the exit status.
@@ -105,6 +110,7 @@ where
         Command::Serve(a) => serve::run(&a),
         #[cfg(target_os = "linux")]
         Command::Mount(a) => mount::run(&a),
+        Command::Conform(a) => conform::run(&a),
     };
     match result {
         Ok(code) => code,
