@@ -31,6 +31,7 @@ pub mod error;
 pub mod format;
 pub mod image;
 pub mod model;
+pub mod ops;
 pub mod rules;
 pub mod storage;
 

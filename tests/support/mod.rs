@@ -1,0 +1,426 @@
+//! Proof of the maintenance operations under faults, shared by the
+//! `tests/ops_*.rs` binaries.
+//!
+//! An operation runs on a [`FaultStorage`] once without faults (recording
+//! every change), then:
+//!
+//! * **cuts**: the file after the first k recorded changes, for every k;
+//! * **torn writes**: the first k changes, then part of change k, for a
+//!   few sector boundaries inside it;
+//! * **power loss**: everything up to a sync, then any subset of the
+//!   writes after it (all subsets of small windows, a spread of larger);
+//! * **I/O faults**: the operation again on a fresh storage with `EIO`,
+//!   `ENOSPC`, a torn write, or a stop planned on each write, and `EIO` or
+//!   a stop on each sync and each `set_len`; judged from the durable bytes
+//!   and the bytes a reader sees, and then run once more without faults
+//!   on what survived, as a user would after an error.
+//!
+//! Every state must open, the checker must find no error in it (warnings,
+//! such as a leak, are allowed), it must have the old or the new size, and
+//! every sector must read its old or its new contents. After a reported
+//! success, the durable bytes read exactly the new contents. Old and new
+//! contents come from the model (`vhdref::model::Disk`) or from the
+//! builder, never from vhdref reading itself.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use vhdref::check::{CheckOptions, Verdict, check_storage};
+use vhdref::storage::{Fault, FaultStorage, MemStorage, Mutation, Op, Storage};
+use vhdref::{DiskType, Image, OpenOptions, Rule};
+
+pub const SECTOR: u64 = 512;
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// `len` bytes, none zero, varied per sector and by `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u8)
+                .wrapping_mul(31)
+                .wrapping_add(seed)
+                .wrapping_add((i / 512) as u8)
+                | 1
+        })
+        .collect()
+}
+
+/// The images a state may name as its parent: opened by unique ID.
+#[derive(Clone, Default)]
+pub struct Parents {
+    images: Vec<(uuid::Uuid, String, MemStorage)>,
+}
+
+impl Parents {
+    pub fn none() -> Self {
+        Parents::default()
+    }
+
+    /// Adds a parent held in `bytes`, named `name` in messages.
+    pub fn with(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        let mem = MemStorage::from_bytes(bytes);
+        let img = OpenOptions::new()
+            .open_storage(Box::new(mem.clone()), name)
+            .unwrap_or_else(|e| panic!("parent {name} does not open: {e}"));
+        self.images
+            .push((img.footer().unique_id, name.to_string(), mem));
+        self
+    }
+
+    /// The parent with this unique ID, opened read-only.
+    pub fn open(&self, id: uuid::Uuid) -> Option<Image> {
+        self.images.iter().find(|p| p.0 == id).map(|(_, name, mem)| {
+            OpenOptions::new()
+                .open_storage(Box::new(mem.clone()), name.clone())
+                .expect("a parent opens")
+        })
+    }
+
+    /// The parent by name, opened read-only.
+    pub fn open_named(&self, name: &str) -> Image {
+        let (_, name, mem) = self
+            .images
+            .iter()
+            .find(|p| p.1 == name)
+            .unwrap_or_else(|| panic!("no parent {name}"));
+        OpenOptions::new()
+            .open_storage(Box::new(mem.clone()), name.clone())
+            .expect("a parent opens")
+    }
+}
+
+/// Opens the image in `storage` (read-only unless `write`), with the
+/// parent its header names, for a differencing image.
+pub fn open_with_parent(
+    storage: Box<dyn Storage>,
+    parents: &Parents,
+    write: bool,
+) -> vhdref::Result<Image> {
+    let bytes = storage_bytes(&*storage);
+    let probe = OpenOptions::new()
+        .skip_parent(true)
+        .open_storage(Box::new(MemStorage::from_bytes(bytes)), "image.vhd")?;
+    let mut options = OpenOptions::new().write(write);
+    if probe.disk_type() == DiskType::Differencing {
+        let id = probe.dyn_header().map(|h| h.parent_unique_id).unwrap_or_default();
+        match parents.open(id) {
+            Some(p) => options = options.parent_image(p),
+            None => options = options.skip_parent(true),
+        }
+    }
+    options.open_storage(storage, "image.vhd")
+}
+
+fn storage_bytes(s: &dyn Storage) -> Vec<u8> {
+    let len = s.len().expect("length");
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact_at(&mut buf, 0).expect("read");
+    buf
+}
+
+/// What the guest may read after a cut: the old disk or the new one,
+/// sector by sector (the two may differ in size).
+#[derive(Clone)]
+pub struct Contents {
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+}
+
+impl Contents {
+    /// An operation that keeps the contents.
+    pub fn unchanged(disk: Vec<u8>) -> Self {
+        Contents {
+            old: disk.clone(),
+            new: disk,
+        }
+    }
+}
+
+/// How a state was made, for the assertion messages and for what it may
+/// hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A prefix of the changes, or a write torn at a sector boundary.
+    Cut,
+    /// A power loss: some writes since the last sync are missing.
+    PowerLoss,
+    /// What a reader sees after a failed operation.
+    Seen,
+    /// What is durable after a failed operation.
+    Durable,
+    /// What is durable after the operation reported success.
+    Complete,
+}
+
+/// Judges one state of the file. Returns whether it opened from the
+/// footer copy only (allowed for power loss and what a reader sees).
+pub fn judge(bytes: Vec<u8>, parents: &Parents, want: &Contents, kind: Kind, what: &str) -> bool {
+    let mem = MemStorage::from_bytes(bytes);
+    let report = check_storage(&mem, "image.vhd", &CheckOptions::new());
+    assert!(
+        !matches!(report.verdict(), Verdict::Errors | Verdict::NotChecked),
+        "{what}: the checker finds errors: {:?}",
+        report
+            .findings
+            .iter()
+            .filter(|f| f.finding.severity == vhdref::Severity::Error)
+            .map(|f| f.finding.to_string())
+            .collect::<Vec<_>>()
+    );
+    let mut img = open_with_parent(Box::new(mem), parents, false)
+        .unwrap_or_else(|e| panic!("{what}: does not open: {e}"));
+    let from_copy = img.findings().iter().any(|f| f.rule == Rule::FtrTrailing);
+    if from_copy {
+        assert!(
+            matches!(kind, Kind::PowerLoss | Kind::Seen),
+            "{what}: the file does not end with a valid footer"
+        );
+    }
+    let size = img.size();
+    let mut disk = vec![0u8; size as usize];
+    img.read_at(0, &mut disk)
+        .unwrap_or_else(|e| panic!("{what}: reading the disk: {e}"));
+    if kind == Kind::Complete {
+        assert!(
+            size == want.new.len() as u64,
+            "{what}: reported success but the size is {size}, not {}",
+            want.new.len()
+        );
+        if let Some(at) = first_difference(&disk, &want.new) {
+            panic!("{what}: reported success but byte {at} is not the new contents");
+        }
+        return from_copy;
+    }
+    assert!(
+        size == want.old.len() as u64 || size == want.new.len() as u64,
+        "{what}: size {size} is neither the old {} nor the new {}",
+        want.old.len(),
+        want.new.len()
+    );
+    for (n, sector) in disk.chunks(SECTOR as usize).enumerate() {
+        let at = n * SECTOR as usize;
+        let is = |v: &[u8]| v.get(at..at + sector.len()) == Some(sector);
+        assert!(
+            is(&want.old) || is(&want.new),
+            "{what}: sector {n} holds neither its old nor its new contents"
+        );
+    }
+    from_copy
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+/// Applies the first `upto - offset` bytes of a write (torn at `upto`).
+fn apply_torn(m: &Mutation, bytes: &mut Vec<u8>, upto: u64) {
+    if let Mutation::Write { offset, .. } = m {
+        m.apply_torn(bytes, upto.saturating_sub(*offset));
+    }
+}
+
+/// Sector boundaries strictly inside a write; for long writes, a few.
+fn tear_points(m: &Mutation) -> Vec<u64> {
+    let Mutation::Write { offset, data } = m else {
+        return Vec::new();
+    };
+    let end = offset + data.len() as u64;
+    let first = (offset / SECTOR + 1) * SECTOR;
+    let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
+    if all.len() <= 4 {
+        return all;
+    }
+    vec![all[0], all[all.len() / 2], all[all.len() - 1]]
+}
+
+/// Subsets of `n` items as bit masks: all for small windows, else empty,
+/// full, each single item, each set missing one item, and a few others.
+fn subsets(n: usize) -> Vec<u64> {
+    if n <= 5 {
+        return (0..1u64 << n).collect();
+    }
+    let n = n.min(63);
+    let full = (1u64 << n) - 1;
+    let mut out = vec![0, full];
+    for i in 0..n {
+        out.push(1 << i);
+        out.push(full & !(1 << i));
+    }
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..12 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.push(state & full);
+    }
+    out
+}
+
+/// An operation under test: it runs on the image held by a storage (the
+/// parents it may need are given) and says whether it reported success.
+pub type Operation<'a> = &'a dyn Fn(&FaultStorage, &Parents) -> bool;
+
+/// What a proof covered.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Covered {
+    /// Changes the operation made without faults (writes, syncs, cuts).
+    pub changes: usize,
+    /// Writes, syncs and `set_len`s it made.
+    pub writes: u64,
+    pub syncs: u64,
+    pub set_lens: u64,
+    /// States judged.
+    pub states: usize,
+    /// Runs with a planned fault.
+    pub fault_runs: usize,
+    /// Of those, runs that still reported success.
+    pub fault_successes: usize,
+}
+
+/// The whole proof of one operation: see the module documentation.
+pub fn prove(
+    what: &str,
+    before: &[u8],
+    parents: &Parents,
+    want: &Contents,
+    op: Operation<'_>,
+) -> Covered {
+    let mut covered = Covered::default();
+    // The run without faults.
+    let clean = FaultStorage::from_bytes(before.to_vec());
+    assert!(op(&clean, parents), "{what}: the operation fails without faults");
+    judge(clean.durable(), parents, want, Kind::Complete, &format!("{what}, no faults"));
+    let log = clean.log();
+    (covered.writes, covered.syncs, covered.set_lens) = clean.counts();
+    covered.changes = log.len();
+    assert!(
+        matches!(log.last(), Some(Mutation::Sync)) || log.is_empty(),
+        "{what}: the operation does not end with a sync"
+    );
+    let replay = |ops: &mut dyn Iterator<Item = usize>| {
+        let mut bytes = before.to_vec();
+        for i in ops {
+            log[i].apply(&mut bytes);
+        }
+        bytes
+    };
+    // Cuts after every change.
+    for k in 0..=log.len() {
+        let state = replay(&mut (0..k));
+        let kind = if k == log.len() { Kind::Complete } else { Kind::Cut };
+        judge(state, parents, want, kind, &format!("{what}: cut after {k} of {} changes", log.len()));
+        covered.states += 1;
+    }
+    // Torn writes.
+    for k in 0..log.len() {
+        for upto in tear_points(&log[k]) {
+            let mut state = replay(&mut (0..k));
+            apply_torn(&log[k], &mut state, upto);
+            judge(
+                state,
+                parents,
+                want,
+                Kind::Cut,
+                &format!("{what}: change {k} torn at file offset {upto}"),
+            );
+            covered.states += 1;
+        }
+    }
+    // Power loss: up to a sync, then any subset of the next window.
+    let mut start = 0;
+    for sync in (0..log.len()).filter(|&i| matches!(log[i], Mutation::Sync)) {
+        let window: Vec<usize> = (start..sync).collect();
+        for mask in subsets(window.len()) {
+            let mut kept = (0..start).chain(
+                window
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+                    .map(|(_, &i)| i),
+            );
+            let state = replay(&mut kept);
+            judge(
+                state,
+                parents,
+                want,
+                Kind::PowerLoss,
+                &format!("{what}: power loss before the sync at change {sync}, keeping {mask:#b} of {window:?}"),
+            );
+            covered.states += 1;
+        }
+        start = sync + 1;
+    }
+    // Planned faults at every operation.
+    for (op_kind, n) in [
+        (Op::Write, covered.writes),
+        (Op::Sync, covered.syncs),
+        (Op::SetLen, covered.set_lens),
+    ] {
+        let faults: &[Fault] = match op_kind {
+            Op::Write => &[
+                Fault::Eio,
+                Fault::NoSpace,
+                Fault::Tear { keep: 512 },
+                Fault::Stop,
+            ],
+            _ => &[Fault::Eio, Fault::Stop],
+        };
+        for nth in 0..n {
+            for &fault in faults {
+                let storage = FaultStorage::from_bytes(before.to_vec());
+                storage.plan(op_kind, nth, fault);
+                let ok = op(&storage, parents);
+                let label = format!("{what}: {fault:?} at {op_kind:?} #{nth} (reported success: {ok})");
+                covered.fault_runs += 1;
+                if ok {
+                    covered.fault_successes += 1;
+                    judge(storage.durable(), parents, want, Kind::Complete, &label);
+                    continue;
+                }
+                judge(storage.bytes(), parents, want, Kind::Seen, &format!("{label}, seen"));
+                let durable = storage.durable();
+                judge(durable.clone(), parents, want, Kind::Durable, &format!("{label}, durable"));
+                // Run again on what survived, as a user would.
+                let again = FaultStorage::from_bytes(durable);
+                assert!(op(&again, parents), "{label}: running it again fails");
+                judge(again.durable(), parents, want, Kind::Complete, &format!("{label}, run again"));
+                covered.states += 3;
+            }
+        }
+    }
+    covered
+}
+
+/// Guest bytes of a whole image held in `bytes`, read with the parent it
+/// names.
+pub fn read_disk(bytes: Vec<u8>, parents: &Parents) -> Vec<u8> {
+    let mut img = open_with_parent(Box::new(MemStorage::from_bytes(bytes)), parents, false)
+        .expect("opens");
+    let mut out = vec![0u8; img.size() as usize];
+    img.read_at(0, &mut out).expect("reads");
+    out
+}
+
+/// The rule IDs the checker reports for the image in `bytes`.
+pub fn rules_of(bytes: Vec<u8>) -> Vec<&'static str> {
+    let mem = MemStorage::from_bytes(bytes);
+    let report = check_storage(&mem, "image.vhd", &CheckOptions::new());
+    let mut ids: Vec<&'static str> = report.findings.iter().map(|f| f.finding.rule.id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Sorted map of the sectors where two disks differ (for messages).
+pub fn differing_sectors(a: &[u8], b: &[u8]) -> BTreeMap<usize, ()> {
+    a.chunks(SECTOR as usize)
+        .zip(b.chunks(SECTOR as usize))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| (i, ()))
+        .collect()
+}
