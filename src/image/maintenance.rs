@@ -223,10 +223,15 @@ impl Image {
             });
         }
         self.flush()?;
-        if matches!(self.layout, Layout::Fixed) {
+        let Layout::Sparse(sparse) = &self.layout else {
             return Ok(());
-        }
-        let at = self.footer_offset;
+        };
+        // Blocks allocated since the image was opened moved the footer
+        // (the driver keeps only `next_free` up to date): the trailing
+        // footer is the last 512 bytes of the file.
+        let len = self.file_len()?;
+        let at = len.saturating_sub(FOOTER_SIZE as u64).max(sparse.next_free.min(len));
+        self.footer_offset = at;
         if at.is_multiple_of(SECTOR_SIZE) {
             return Ok(());
         }

@@ -114,11 +114,29 @@ pub fn compact_image(img: &mut Image) -> Result<CompactReport> {
         img.write_bat_entries(&releases)?;
     }
 
-    // Step 2: the highest blocks into the lowest holes.
+    let blocks_moved = fill_holes_and_cut(img)?;
+    let file_size_after = img.file_len()?;
+    Ok(CompactReport {
+        path: img.name().to_string(),
+        file_size_before,
+        file_size_after,
+        bytes_reclaimed: file_size_before.saturating_sub(file_size_after),
+        blocks_released,
+        zero_blocks_kept,
+        entries_past_disk_released,
+        blocks_moved,
+        leaked_bytes,
+        batmap_kept,
+    })
+}
+
+/// Steps 2 and 3: the highest blocks into the lowest holes that take
+/// them, then the file cut after the last structure. Returns how many
+/// blocks moved. Also used by rebase, whose new locators can leave a hole
+/// a block span long.
+pub(crate) fn fill_holes_and_cut(img: &mut Image) -> Result<u64> {
     let moves = plan_moves(img)?;
     img.relocate_blocks(&moves)?;
-
-    // Step 3: cut after the last structure.
     let regions = img.layout_regions()?;
     let last = regions.iter().map(|r| r.end).max().unwrap_or(0);
     let end = sector_ceil(last);
@@ -129,19 +147,7 @@ pub fn compact_image(img: &mut Image) -> Result<CompactReport> {
         }
         img.set_data_end(end)?;
     }
-    let file_size_after = img.file_len()?;
-    Ok(CompactReport {
-        path: img.name().to_string(),
-        file_size_before,
-        file_size_after,
-        bytes_reclaimed: file_size_before.saturating_sub(file_size_after),
-        blocks_released,
-        zero_blocks_kept,
-        entries_past_disk_released,
-        blocks_moved: moves.len() as u64,
-        leaked_bytes,
-        batmap_kept,
-    })
+    Ok(moves.len() as u64)
 }
 
 /// The allocated blocks of the disk.

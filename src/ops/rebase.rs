@@ -24,7 +24,11 @@
 //!    the file: copy, sync, switch, sync), sync;
 //! 3. the new header, through a copy switched by the trailing footer
 //!    ([`Image::write_header`](crate::Image)): before the switch the child
-//!    names the old parent, after it the new one, and both read the same.
+//!    names the old parent, after it the new one, and both read the same;
+//! 4. if the old locators' space, now free, joins free space next to it
+//!    into a hole a block span long, the last block of the file moves into
+//!    it (copy, sync, switch, sync) and the file is cut after the last
+//!    structure (footer there, sync, cut, sync), as compact does.
 
 use std::path::{Path, PathBuf};
 
@@ -123,7 +127,8 @@ pub struct RebaseReport {
     pub bytes_copied: u64,
     /// Blocks the child had to allocate for them.
     pub blocks_allocated: u64,
-    /// Blocks moved past the end of the file to make room for the locators.
+    /// Blocks moved: past the end of the file to make room for the
+    /// locators, and back into a hole the switch left.
     pub blocks_moved: u64,
     /// The locators written.
     pub locators: Vec<LocatorText>,
@@ -276,6 +281,10 @@ pub fn rebase_image(
         .unwrap_or([0; crate::format::dyn_header::PARENT_NAME_SIZE]);
     header.parent_locators = entries;
     child.write_header(&header)?;
+    // Step 4: a hole a block span long that the switch left (the old
+    // locators' space next to what was cleared for the new ones) takes
+    // the last block, and the file is cut.
+    report.blocks_moved += super::compact::fill_holes_and_cut(child)?;
     let source = ParentSource::Caller(new_parent.name().to_string());
     child.set_parent(new_parent, source);
     Ok(report)

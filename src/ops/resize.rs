@@ -266,7 +266,6 @@ fn resize_dynamic(
         )));
     }
     let block_size = u64::from(img.block_size().unwrap_or(1));
-    let old_blocks = old.current_size.div_ceil(block_size);
     let new_blocks = new.current_size.div_ceil(block_size);
     if new.current_size < old.current_size {
         check_nothing_past(img, new.current_size)?;
@@ -293,7 +292,6 @@ fn resize_dynamic(
             report.table_grown = Some((u32::try_from(max).unwrap_or(u32::MAX), entries));
         }
     }
-    let _ = old_blocks;
     img.write_footer(new)
 }
 

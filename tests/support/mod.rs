@@ -77,6 +77,15 @@ impl Parents {
         })
     }
 
+    /// The names of the parents with this unique ID.
+    pub fn names_of(&self, id: uuid::Uuid) -> Vec<String> {
+        self.images
+            .iter()
+            .filter(|p| p.0 == id)
+            .map(|p| p.1.clone())
+            .collect()
+    }
+
     /// The parent by name, opened read-only.
     pub fn open_named(&self, name: &str) -> Image {
         let (_, name, mem) = self
@@ -110,6 +119,23 @@ pub fn open_with_parent(
         }
     }
     options.open_storage(storage, "image.vhd")
+}
+
+/// The texts of the `W2ru` and `W2ku` locators of `header`, decoded from
+/// the bytes in `storage` (those that do not decode are left out).
+pub fn locator_texts(storage: &MemStorage, header: &vhdref::format::DynHeader) -> Vec<String> {
+    use vhdref::format::Platform;
+    let bytes = storage.to_vec();
+    header
+        .parent_locators
+        .iter()
+        .filter(|l| matches!(l.platform(), Platform::W2ru | Platform::W2ku))
+        .filter_map(|l| {
+            let start = usize::try_from(l.platform_data_offset).ok()?;
+            let data = bytes.get(start..start + l.platform_data_length as usize)?;
+            vhdref::format::locator::decode_locator(l.platform(), data)
+        })
+        .collect()
 }
 
 fn storage_bytes(s: &dyn Storage) -> Vec<u8> {
@@ -156,6 +182,34 @@ pub enum Kind {
 /// Judges one state of the file. Returns whether it opened from the
 /// footer copy only (allowed for power loss and what a reader sees).
 pub fn judge(bytes: Vec<u8>, parents: &Parents, want: &Contents, kind: Kind, what: &str) -> bool {
+    judge_with(bytes, parents, want, kind, what, &[])
+}
+
+/// Warnings an operation may leave in a state between its steps: space
+/// copied but not yet referenced, or no longer referenced (FILE-LEAK,
+/// FILE-TAIL, and FTR-FIXED-SLACK while a fixed image's footer moves), a
+/// header copy past the blocks (FILE-ORDER), a footer switched before its
+/// copy (FTR-COPY-MISMATCH), a power loss that kept data past the old end
+/// but not the footer after it (FTR-TRAILING).
+pub const PASSING_WARNINGS: [Rule; 6] = [
+    Rule::FileLeak,
+    Rule::FtrFixedSlack,
+    Rule::FileTail,
+    Rule::FileOrder,
+    Rule::FtrCopyMismatch,
+    Rule::FtrTrailing,
+];
+
+/// [`judge`], where the warnings allowed are [`PASSING_WARNINGS`] and
+/// those in `also` (the ones the image had before the operation).
+pub fn judge_with(
+    bytes: Vec<u8>,
+    parents: &Parents,
+    want: &Contents,
+    kind: Kind,
+    what: &str,
+    also: &[Rule],
+) -> bool {
     let mem = MemStorage::from_bytes(bytes);
     let report = check_storage(&mem, "image.vhd", &CheckOptions::new());
     assert!(
@@ -168,8 +222,32 @@ pub fn judge(bytes: Vec<u8>, parents: &Parents, want: &Contents, kind: Kind, wha
             .map(|f| f.finding.to_string())
             .collect::<Vec<_>>()
     );
-    let mut img = open_with_parent(Box::new(mem), parents, false)
+    let unexpected: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| {
+            let r = f.finding.rule;
+            !PASSING_WARNINGS.contains(&r) && !also.contains(&r)
+        })
+        .map(|f| f.finding.to_string())
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{what}: the checker finds warnings the operation should not cause: {unexpected:?}"
+    );
+    let mut img = open_with_parent(Box::new(mem.clone()), parents, false)
         .unwrap_or_else(|e| panic!("{what}: does not open: {e}"));
+    if let Some(header) = img.dyn_header().filter(|_| img.disk_type() == DiskType::Differencing) {
+        let names = parents.names_of(header.parent_unique_id);
+        assert!(!names.is_empty(), "{what}: the header names a parent that is not there");
+        let texts = locator_texts(&mem, header);
+        assert!(
+            texts
+                .iter()
+                .any(|t| names.iter().any(|n| t.replace('\\', "/").ends_with(n.as_str()))),
+            "{what}: no locator names the parent {names:?}: {texts:?}"
+        );
+    }
     let from_copy = img.findings().iter().any(|f| f.rule == Rule::FtrTrailing);
     if from_copy {
         assert!(
@@ -290,6 +368,10 @@ pub fn prove(
     op: Operation<'_>,
 ) -> Covered {
     let mut covered = Covered::default();
+    let before_rules = rules_in(before);
+    let judge = |bytes: Vec<u8>, parents: &Parents, want: &Contents, kind: Kind, what: &str| {
+        judge_with(bytes, parents, want, kind, what, &before_rules)
+    };
     // The run without faults.
     let clean = FaultStorage::from_bytes(before.to_vec());
     assert!(op(&clean, parents), "{what}: the operation fails without faults");
@@ -403,6 +485,13 @@ pub fn read_disk(bytes: Vec<u8>, parents: &Parents) -> Vec<u8> {
     let mut out = vec![0u8; img.size() as usize];
     img.read_at(0, &mut out).expect("reads");
     out
+}
+
+/// The rules the checker reports for the image in `bytes`.
+pub fn rules_in(bytes: &[u8]) -> Vec<Rule> {
+    let mem = MemStorage::from_bytes(bytes.to_vec());
+    let report = check_storage(&mem, "image.vhd", &CheckOptions::new());
+    report.findings.iter().map(|f| f.finding.rule).collect()
 }
 
 /// The rule IDs the checker reports for the image in `bytes`.
