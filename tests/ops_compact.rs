@@ -63,7 +63,11 @@ fn compact_in(storage: &FaultStorage, parents: &Parents) -> bool {
 #[test]
 fn compact_releases_zero_blocks_drops_the_leak_and_cuts_the_file() {
     let (bytes, disk) = dynamic_with_holes();
-    assert_eq!(rules_of(bytes.clone()), ["FILE-LEAK"], "the fixture leaks one block");
+    assert_eq!(
+        rules_of(bytes.clone()),
+        ["FILE-LEAK"],
+        "the fixture leaks one block"
+    );
     let before_len = bytes.len() as u64;
     let mem = MemStorage::from_bytes(bytes);
     let mut img = OpenOptions::new()
@@ -81,8 +85,15 @@ fn compact_releases_zero_blocks_drops_the_leak_and_cuts_the_file() {
     assert_eq!(report.file_size_after, want_len, "{report:?}");
     assert_eq!(report.bytes_reclaimed, before_len - want_len);
     assert_eq!(mem.to_vec().len() as u64, want_len);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
-    assert!(read_disk(mem.to_vec(), &Parents::none()) == disk, "contents changed");
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
+    assert!(
+        read_disk(mem.to_vec(), &Parents::none()) == disk,
+        "contents changed"
+    );
     let img = OpenOptions::new()
         .open_storage(Box::new(mem), "image.vhd")
         .unwrap();
@@ -164,14 +175,23 @@ fn compact_keeps_a_childs_zero_block_over_parent_data() {
     let mut img = support::open_with_parent(Box::new(mem.clone()), &parents, true).unwrap();
     let report = compact_image(&mut img).unwrap();
     img.close().unwrap();
-    assert_eq!(report.blocks_released, 1, "block 2 (zeros over zeros): {report:?}");
-    assert_eq!(report.zero_blocks_kept, 1, "block 1 hides parent data: {report:?}");
+    assert_eq!(
+        report.blocks_released, 1,
+        "block 2 (zeros over zeros): {report:?}"
+    );
+    assert_eq!(
+        report.zero_blocks_kept, 1,
+        "block 1 hides parent data: {report:?}"
+    );
     let img = support::open_with_parent(Box::new(mem.clone()), &parents, false).unwrap();
     let bat = img.bat().unwrap().to_vec();
     assert_ne!(bat[1], vhdref::format::UNALLOCATED, "block 1 was released");
     assert_eq!(bat[2], vhdref::format::UNALLOCATED, "block 2 was kept");
     drop(img);
-    assert!(read_disk(mem.to_vec(), &parents) == disk, "contents changed");
+    assert!(
+        read_disk(mem.to_vec(), &parents) == disk,
+        "contents changed"
+    );
 }
 
 #[test]
@@ -203,7 +223,11 @@ fn compact_keeps_the_4k_data_alignment_of_windows_layouts() {
         .block(5, Bits::All, &pattern(bs as usize, 3));
     let bytes = builder.build();
     let disk = builder.expected(&[]);
-    assert!(rules_of(bytes.clone()).is_empty(), "{:?}", rules_of(bytes.clone()));
+    assert!(
+        rules_of(bytes.clone()).is_empty(),
+        "{:?}",
+        rules_of(bytes.clone())
+    );
     let mem = MemStorage::from_bytes(bytes.clone());
     let mut img = OpenOptions::new()
         .write(true)
@@ -214,13 +238,21 @@ fn compact_keeps_the_4k_data_alignment_of_windows_layouts() {
     assert_eq!(report.blocks_moved, 1, "block 5 moves into block 1's place");
     for (i, &e) in img.bat().unwrap().iter().enumerate() {
         if e != vhdref::format::UNALLOCATED {
-            assert_eq!((u64::from(e) * 512 + 512) % 4096, 0, "block {i} data unaligned");
+            assert_eq!(
+                (u64::from(e) * 512 + 512) % 4096,
+                0,
+                "block {i} data unaligned"
+            );
         }
     }
     img.close().unwrap();
     assert!(mem.to_vec().len() < bytes.len());
     assert!(read_disk(mem.to_vec(), &Parents::none()) == disk);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     prove(
         "compact aligned",
         &bytes,
@@ -259,7 +291,11 @@ fn compact_releases_blocks_of_bat_entries_past_the_disk() {
     img.close().unwrap();
     assert_eq!(report.entries_past_disk_released, 1);
     assert_eq!(report.bytes_reclaimed, 512 + 4096);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     assert!(read_disk(mem.to_vec(), &Parents::none()) == disk);
     prove(
         "compact past the disk",
@@ -275,7 +311,11 @@ fn compact_works_with_512_byte_blocks() {
     let bs = 512u32;
     let mut builder = VhdBuilder::dynamic(64 * 512).block_size(bs);
     for i in 0..64u32 {
-        let data = if i % 3 == 0 { vec![0u8; 512] } else { pattern(512, i as u8) };
+        let data = if i % 3 == 0 {
+            vec![0u8; 512]
+        } else {
+            pattern(512, i as u8)
+        };
         if i % 5 != 4 {
             builder = builder.block(i, Bits::All, &data);
         }
@@ -306,14 +346,22 @@ fn compact_works_with_256_mib_blocks_on_a_file() {
     img.close().unwrap();
     let before = std::fs::metadata(&path).unwrap().len();
     let report = vhdref::ops::compact(&path, OpenOptions::new()).unwrap();
-    assert_eq!((report.blocks_released, report.blocks_moved), (1, 1), "{report:?}");
+    assert_eq!(
+        (report.blocks_released, report.blocks_moved),
+        (1, 1),
+        "{report:?}"
+    );
     let after = std::fs::metadata(&path).unwrap().len();
     assert_eq!(before - after, bs + 64 * KIB, "one block span reclaimed");
     let mut img = Image::open(&path).unwrap();
     let mut buf = vec![0u8; 10_000];
     img.read_at(2 * bs + 12_345, &mut buf).unwrap();
     assert!(buf == pattern(10_000, 7));
-    assert!(vhdref::check::check(&path, &vhdref::check::CheckOptions::new()).findings.is_empty());
+    assert!(
+        vhdref::check::check(&path, &vhdref::check::CheckOptions::new())
+            .findings
+            .is_empty()
+    );
 }
 
 #[test]

@@ -83,15 +83,17 @@ fn fixture() -> Fixture {
         )
         .unwrap();
     for (offset, data) in [
-        (b + 2048, pattern(4096, 7)),     // over a difference
-        (3 * b + 100, pattern(700, 8)),   // over a's data, b's zeros
-        (7 * b + 10, pattern(100, 9)),    // where neither has data
+        (b + 2048, pattern(4096, 7)),   // over a difference
+        (3 * b + 100, pattern(700, 8)), // over a's data, b's zeros
+        (7 * b + 10, pattern(100, 9)),  // where neither has data
     ] {
         child.write_at(offset, &data).unwrap();
         model.write(offset, &data);
     }
     child.close().unwrap();
-    let own = (0..SIZE / SECTOR).filter(|&s| model.written_in(1, s)).collect();
+    let own = (0..SIZE / SECTOR)
+        .filter(|&s| model.written_in(1, s))
+        .collect();
     Fixture {
         child: mem.to_vec(),
         parents,
@@ -107,7 +109,13 @@ fn rebase_op(mode: RebaseMode, to: &'static str) -> impl Fn(&FaultStorage, &Pare
         else {
             return false;
         };
-        rebase_image(&mut child, parents.open_named(to), &ParentRef::relative(to), mode).is_ok()
+        rebase_image(
+            &mut child,
+            parents.open_named(to),
+            &ParentRef::relative(to),
+            mode,
+        )
+        .is_ok()
     }
 }
 
@@ -140,7 +148,10 @@ fn a_safe_rebase_copies_exactly_what_would_change_and_keeps_the_contents() {
     // It reads the same through b, and names b.
     let mut buf = vec![0u8; SIZE as usize];
     child.read_at(0, &mut buf).unwrap();
-    assert!(buf == f.disk, "the child reads differently through its new parent");
+    assert!(
+        buf == f.disk,
+        "the child reads differently through its new parent"
+    );
     child.close().unwrap();
     let back = OpenOptions::new()
         .skip_parent(true)
@@ -153,11 +164,15 @@ fn a_safe_rebase_copies_exactly_what_would_change_and_keeps_the_contents() {
         .parent_locators
         .iter()
         .filter(|l| l.is_used())
-        .map(|l| l.platform())
+        .map(vhdref::format::LocatorEntry::platform)
         .collect();
     assert_eq!(locators, [Platform::W2ru]);
     drop(back);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     assert!(read_disk(mem.to_vec(), &f.parents) == f.disk);
 }
 
@@ -244,7 +259,10 @@ fn an_unsafe_rebase_onto_another_parent_switches_what_the_child_reads() {
         "unsafe rebase onto b",
         &f.child,
         &f.parents,
-        &Contents { old: f.disk.clone(), new },
+        &Contents {
+            old: f.disk.clone(),
+            new,
+        },
         &rebase_op(RebaseMode::Unsafe, "b.vhd"),
     );
 }
@@ -284,16 +302,31 @@ fn long_locators_make_room_by_moving_the_first_block() {
         else {
             return false;
         };
-        rebase_image(&mut child, parents.open_named("b.vhd"), &long, RebaseMode::Safe).is_ok()
+        rebase_image(
+            &mut child,
+            parents.open_named("b.vhd"),
+            &long,
+            RebaseMode::Safe,
+        )
+        .is_ok()
     };
     let storage = FaultStorage::from_bytes(f.child.clone());
     let mut child = support::open_with_parent(Box::new(storage.clone()), &f.parents, true).unwrap();
-    let report =
-        rebase_image(&mut child, f.parents.open_named("b.vhd"), &long, RebaseMode::Safe).unwrap();
+    let report = rebase_image(
+        &mut child,
+        f.parents.open_named("b.vhd"),
+        &long,
+        RebaseMode::Safe,
+    )
+    .unwrap();
     drop(child);
     assert!(report.blocks_moved >= 1, "{report:?}");
     assert_eq!(report.locators.len(), 2);
-    assert!(rules_of(storage.bytes()).is_empty(), "{:?}", rules_of(storage.bytes()));
+    assert!(
+        rules_of(storage.bytes()).is_empty(),
+        "{:?}",
+        rules_of(storage.bytes())
+    );
     prove(
         "rebase with long locators",
         &f.child,
@@ -310,12 +343,24 @@ fn rebasing_back_and_forth_reuses_the_locator_space() {
     let mut sizes = Vec::new();
     for to in ["b.vhd", "a.vhd", "b.vhd", "a.vhd"] {
         let mut child = support::open_with_parent(Box::new(mem.clone()), &f.parents, true).unwrap();
-        rebase_image(&mut child, f.parents.open_named(to), &ParentRef::relative(to), RebaseMode::Safe)
-            .unwrap();
+        rebase_image(
+            &mut child,
+            f.parents.open_named(to),
+            &ParentRef::relative(to),
+            RebaseMode::Safe,
+        )
+        .unwrap();
         child.close().unwrap();
         sizes.push(mem.to_vec().len());
-        assert!(read_disk(mem.to_vec(), &f.parents) == f.disk, "after rebasing onto {to}");
-        assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+        assert!(
+            read_disk(mem.to_vec(), &f.parents) == f.disk,
+            "after rebasing onto {to}"
+        );
+        assert!(
+            rules_of(mem.to_vec()).is_empty(),
+            "{:?}",
+            rules_of(mem.to_vec())
+        );
     }
     assert_eq!(sizes[1], sizes[3], "the file keeps growing: {sizes:?}");
 }
@@ -349,18 +394,34 @@ fn rebase_of_files_names_the_new_parent_so_that_open_finds_it() {
     let mut buf = vec![0u8; SIZE as usize];
     img.read_at(0, &mut buf).unwrap();
     assert!(buf == f.disk);
-    assert!(vhdref::check::check(&child, &vhdref::check::CheckOptions::new()).findings.is_empty());
+    assert!(
+        vhdref::check::check(&child, &vhdref::check::CheckOptions::new())
+            .findings
+            .is_empty()
+    );
 }
 
 #[test]
 fn rebase_refuses_a_parent_whose_chain_holds_the_child() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.vhd");
-    CreateOptions::new(DiskType::Dynamic, MIB).create(&base).unwrap().close().unwrap();
+    CreateOptions::new(DiskType::Dynamic, MIB)
+        .create(&base)
+        .unwrap()
+        .close()
+        .unwrap();
     let child = dir.path().join("child.vhd");
-    CreateOptions::differencing(&base).create(&child).unwrap().close().unwrap();
+    CreateOptions::differencing(&base)
+        .create(&child)
+        .unwrap()
+        .close()
+        .unwrap();
     let grandchild = dir.path().join("grandchild.vhd");
-    CreateOptions::differencing(&child).create(&grandchild).unwrap().close().unwrap();
+    CreateOptions::differencing(&child)
+        .create(&grandchild)
+        .unwrap()
+        .close()
+        .unwrap();
     let before = std::fs::read(&child).unwrap();
     let e = vhdref::ops::rebase(&child, &grandchild, RebaseMode::Unsafe, OpenOptions::new())
         .unwrap_err();

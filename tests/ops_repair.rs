@@ -20,13 +20,17 @@ fn dynamic() -> VhdBuilder {
     VhdBuilder::dynamic(8 * u64::from(BS))
         .block_size(BS)
         .block(0, Bits::All, &pattern(4096, 1))
-        .block(3, Bits::Sectors(vec![1, 2]), &[vec![0u8; 512], pattern(1024, 2)].concat())
+        .block(
+            3,
+            Bits::Sectors(vec![1, 2]),
+            &[vec![0u8; 512], pattern(1024, 2)].concat(),
+        )
         .block(7, Bits::All, &pattern(4096, 3))
 }
 
-fn repair_bytes(bytes: &[u8], options: &RepairOptions) -> (vhdref::ops::RepairReport, Vec<u8>) {
+fn repair_bytes(bytes: &[u8], options: RepairOptions) -> (vhdref::ops::RepairReport, Vec<u8>) {
     let mem = MemStorage::from_bytes(bytes.to_vec());
-    let (report, _) = repair_storage(Box::new(mem.clone()), "image.vhd", options).unwrap();
+    let (report, _) = repair_storage(Box::new(mem.clone()), "image.vhd", &options).unwrap();
     (report, mem.to_vec())
 }
 
@@ -45,16 +49,23 @@ fn repairs(what: &str, broken: &[u8], rule: Rule, options: RepairOptions, disk: 
         "{what}: the fixture does not break {rule}: {:?}",
         rules_of(broken.to_vec())
     );
-    let (report, after) = repair_bytes(broken, &options);
+    let (report, after) = repair_bytes(broken, options);
     assert!(report.written, "{what}: {report:?}");
     assert!(
         report.fixes.iter().any(|f| f.rule == rule),
         "{what}: no fix for {rule}: {:?}",
         report.fixes
     );
-    assert!(rules_of(after.clone()).is_empty(), "{what}: {:?}", rules_of(after.clone()));
+    assert!(
+        rules_of(after.clone()).is_empty(),
+        "{what}: {:?}",
+        rules_of(after.clone())
+    );
     assert!(report.after.findings.is_empty(), "{what}");
-    assert!(read_disk(after, &Parents::none()) == disk, "{what}: contents changed");
+    assert!(
+        read_disk(after, &Parents::none()) == disk,
+        "{what}: contents changed"
+    );
     let covered = prove(
         what,
         broken,
@@ -106,10 +117,22 @@ fn a_damaged_footer_copy_is_restored_from_the_trailing_footer() {
     let b = dynamic();
     let mut broken = b.build();
     broken[..512].fill(0);
-    repairs("zeroed copy", &broken, Rule::FtrCopyMismatch, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "zeroed copy",
+        &broken,
+        Rule::FtrCopyMismatch,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
     let mut broken = b.build();
     edit_footer(&mut broken, 0, |f| f[48] ^= 1); // another original size
-    repairs("differing copy", &broken, Rule::FtrCopyMismatch, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "differing copy",
+        &broken,
+        Rule::FtrCopyMismatch,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
 }
 
 #[test]
@@ -117,7 +140,13 @@ fn a_511_byte_footer_is_made_512() {
     let b = VhdBuilder::fixed(64 * 1024).data(&pattern(64 * 1024, 4));
     let mut broken = b.build();
     broken.pop();
-    repairs("511-byte footer", &broken, Rule::Ftr511, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "511-byte footer",
+        &broken,
+        Rule::Ftr511,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
 }
 
 #[test]
@@ -129,15 +158,27 @@ fn checksums_are_recomputed_only_when_asked_after_showing_the_fields() {
     broken[n - 512 + 64] ^= 1;
     broken[64] ^= 1;
     assert!(rules_of(broken.clone()).contains(&"FTR-CHECKSUM"));
-    let (report, after) = repair_bytes(&broken, &RepairOptions::new());
-    assert!(!report.written && after == broken, "wrote without --fix-checksums");
+    let (report, after) = repair_bytes(&broken, RepairOptions::new());
+    assert!(
+        !report.written && after == broken,
+        "wrote without --fix-checksums"
+    );
     let refused = report
         .refused
         .iter()
         .find(|r| r.rule == Rule::FtrChecksum)
         .expect("FTR-CHECKSUM refused");
-    for field in ["type dynamic", "current size 32768", "data offset 0x200", "--fix-checksums"] {
-        assert!(refused.reason.contains(field), "{field}: {}", refused.reason);
+    for field in [
+        "type dynamic",
+        "current size 32768",
+        "data offset 0x200",
+        "--fix-checksums",
+    ] {
+        assert!(
+            refused.reason.contains(field),
+            "{field}: {}",
+            refused.reason
+        );
     }
     repairs(
         "footer checksum",
@@ -148,13 +189,17 @@ fn checksums_are_recomputed_only_when_asked_after_showing_the_fields() {
     );
     let mut broken = b.build();
     broken[512 + 36] ^= 1;
-    let (report, _) = repair_bytes(&broken, &RepairOptions::new());
+    let (report, _) = repair_bytes(&broken, RepairOptions::new());
     let refused = report
         .refused
         .iter()
         .find(|r| r.rule == Rule::HdrChecksum)
         .expect("HDR-CHECKSUM refused");
-    assert!(refused.reason.contains("block size 4096"), "{}", refused.reason);
+    assert!(
+        refused.reason.contains("block size 4096"),
+        "{}",
+        refused.reason
+    );
     repairs(
         "header checksum",
         &broken,
@@ -173,13 +218,25 @@ fn leaked_space_at_the_end_is_cut_and_leaks_inside_are_left() {
     let mut broken = clean[..layout.footer_offset as usize].to_vec();
     broken.extend(vec![0x77; 4096 + 512]);
     broken.extend(&footer);
-    repairs("leak at the end", &broken, Rule::FileLeak, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "leak at the end",
+        &broken,
+        Rule::FileLeak,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
     // Non-zero bytes in a short tail.
     let mut broken = clean[..layout.footer_offset as usize].to_vec();
     broken.extend(vec![0x66; 700]);
     broken.extend(vec![0; 324]);
     broken.extend(&footer);
-    repairs("tail", &broken, Rule::FileTail, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "tail",
+        &broken,
+        Rule::FileTail,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
     // A leak between blocks: left for compact.
     let inner = dynamic()
         .bat_entry(5, u32::MAX)
@@ -187,9 +244,14 @@ fn leaked_space_at_the_end_is_cut_and_leaks_inside_are_left() {
     let leaky = inner.build();
     let found = rules_of(leaky.clone());
     if found == ["FILE-LEAK"] {
-        let (report, after) = repair_bytes(&leaky, &RepairOptions::new());
+        let (report, after) = repair_bytes(&leaky, RepairOptions::new());
         assert!(report.fixes.is_empty() && after == leaky, "{report:?}");
-        assert!(report.left.iter().any(|l| l.rule == Rule::FileLeak && l.reason.contains("compact")));
+        assert!(
+            report
+                .left
+                .iter()
+                .any(|l| l.rule == Rule::FileLeak && l.reason.contains("compact"))
+        );
     } else {
         panic!("the fixture with an inner leak has {found:?}");
     }
@@ -197,10 +259,26 @@ fn leaked_space_at_the_end_is_cut_and_leaks_inside_are_left() {
 
 #[test]
 fn slack_after_a_fixed_images_data_is_cut() {
-    let b = VhdBuilder::fixed(64 * 1024).data(&pattern(64 * 1024, 5)).fixed_slack(3000);
-    repairs("fixed slack", &b.build(), Rule::FtrFixedSlack, RepairOptions::new(), &b.expected(&[]));
-    let b = VhdBuilder::fixed(64 * 1024).data(&pattern(64 * 1024, 6)).fixed_slack(100);
-    repairs("short fixed slack", &b.build(), Rule::FtrFixedSlack, RepairOptions::new(), &b.expected(&[]));
+    let b = VhdBuilder::fixed(64 * 1024)
+        .data(&pattern(64 * 1024, 5))
+        .fixed_slack(3000);
+    repairs(
+        "fixed slack",
+        &b.build(),
+        Rule::FtrFixedSlack,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
+    let b = VhdBuilder::fixed(64 * 1024)
+        .data(&pattern(64 * 1024, 6))
+        .fixed_slack(100);
+    repairs(
+        "short fixed slack",
+        &b.build(),
+        Rule::FtrFixedSlack,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
 }
 
 #[test]
@@ -209,7 +287,13 @@ fn bitmap_bits_past_the_end_are_cleared() {
         .block_size(BS)
         .block(0, Bits::All, &pattern(4096, 1))
         .block(1, Bits::All, &pattern(4096, 2));
-    repairs("bits past the end", &b.build(), Rule::BmpPastEnd, RepairOptions::new(), &b.expected(&[]));
+    repairs(
+        "bits past the end",
+        &b.build(),
+        Rule::BmpPastEnd,
+        RepairOptions::new(),
+        &b.expected(&[]),
+    );
 }
 
 #[test]
@@ -222,9 +306,14 @@ fn several_problems_are_fixed_in_one_run_in_a_safe_order() {
     footer[30] ^= 0xFF;
     broken.extend(&footer); // a damaged trailing footer after a leak
     broken[..512].copy_from_slice(&clean[..512]);
-    let (report, after) = repair_bytes(&broken, &RepairOptions::new());
+    let (report, after) = repair_bytes(&broken, RepairOptions::new());
     let rules: Vec<Rule> = report.fixes.iter().map(|f| f.rule).collect();
-    assert_eq!(rules, [Rule::FtrTrailing, Rule::FileLeak], "{:?}", report.fixes);
+    assert_eq!(
+        rules,
+        [Rule::FtrTrailing, Rule::FileLeak],
+        "{:?}",
+        report.fixes
+    );
     assert!(rules_of(after.clone()).is_empty(), "{:?}", rules_of(after));
     prove(
         "two problems",
@@ -247,7 +336,7 @@ fn what_cannot_be_fixed_safely_is_refused_and_nothing_is_written() {
     broken.extend(vec![0; 412]);
     broken.extend(&clean[layout.footer_offset as usize..]);
     broken[(layout.bat_offset + 4) as usize..][..4].copy_from_slice(&entry0.to_be_bytes());
-    let (report, after) = repair_bytes(&broken, &RepairOptions::new());
+    let (report, after) = repair_bytes(&broken, RepairOptions::new());
     assert!(after == broken, "something was written");
     assert!(!report.written);
     let refused = report
@@ -255,7 +344,11 @@ fn what_cannot_be_fixed_safely_is_refused_and_nothing_is_written() {
         .iter()
         .find(|r| r.rule == Rule::BatEntryOverlap)
         .expect("BAT-ENTRY-OVERLAP refused");
-    assert!(refused.reason.contains("no safe repair"), "{}", refused.reason);
+    assert!(
+        refused.reason.contains("no safe repair"),
+        "{}",
+        refused.reason
+    );
 }
 
 #[test]
@@ -263,11 +356,14 @@ fn a_dry_run_says_what_it_would_do_and_writes_nothing() {
     let b = dynamic();
     let mut broken = b.build();
     broken[..512].fill(0);
-    let (report, after) = repair_bytes(&broken, &RepairOptions::new().dry_run(true));
+    let (report, after) = repair_bytes(&broken, RepairOptions::new().dry_run(true));
     assert!(after == broken);
     assert!(report.dry_run && !report.written);
     assert_eq!(report.fixes.len(), 1);
-    assert!(report.after.findings.is_empty(), "the predicted result is clean");
+    assert!(
+        report.after.findings.is_empty(),
+        "the predicted result is clean"
+    );
     assert!(!report.before.findings.is_empty());
 }
 
@@ -292,7 +388,7 @@ fn an_image_in_use_is_only_looked_at() {
 #[test]
 fn a_clean_image_needs_nothing() {
     let clean = dynamic().build();
-    let (report, after) = repair_bytes(&clean, &RepairOptions::new());
+    let (report, after) = repair_bytes(&clean, RepairOptions::new());
     assert!(report.fixes.is_empty() && !report.written && after == clean);
 }
 
@@ -308,7 +404,7 @@ fn the_checksum_fixes_only_touch_their_fields() {
     broken[n - 512 + 64] ^= 1;
     broken[64] ^= 1;
     broken[512 + 36] ^= 1;
-    let (report, after) = repair_bytes(&broken, &RepairOptions::new().fix_checksums(true));
+    let (report, after) = repair_bytes(&broken, RepairOptions::new().fix_checksums(true));
     assert_eq!(after, clean, "{:?}", report.fixes);
     let mut footer = [0u8; 512];
     footer.copy_from_slice(&clean[n - 512..]);

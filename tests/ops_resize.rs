@@ -74,7 +74,11 @@ fn a_dynamic_image_grows_with_its_table_in_the_same_sector() {
     let g = Geometry::for_size(10 * MIB);
     assert_eq!(
         report.new_geometry,
-        [u32::from(g.cylinders), u32::from(g.heads), u32::from(g.sectors_per_track)]
+        [
+            u32::from(g.cylinders),
+            u32::from(g.heads),
+            u32::from(g.sectors_per_track)
+        ]
     );
     let img = OpenOptions::new()
         .open_storage(Box::new(mem.clone()), "image.vhd")
@@ -83,13 +87,20 @@ fn a_dynamic_image_grows_with_its_table_in_the_same_sector() {
     assert_eq!(img.footer().disk_geometry, g);
     assert_eq!(img.dyn_header().unwrap().max_table_entries, 20);
     drop(img);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, 10 * MIB));
     let covered = prove(
         "grow in place",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, 10 * MIB) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, 10 * MIB),
+        },
         &resize_op(ResizeOptions::new(10 * MIB)),
     );
     assert!(covered.states > 20, "{covered:?}");
@@ -113,13 +124,20 @@ fn a_dynamic_image_grows_by_moving_its_first_blocks_after_the_last() {
     img.close().unwrap();
     assert_eq!(report.table_grown, Some((8, 1500)));
     assert_eq!(report.blocks_moved, 2, "{report:?}");
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, new_size));
     let covered = prove(
         "grow, blocks moved",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, new_size) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, new_size),
+        },
         &resize_op(ResizeOptions::new(new_size)),
     );
     assert!(covered.writes > 6, "{covered:?}");
@@ -143,13 +161,20 @@ fn growing_clears_what_lies_past_the_old_end_of_the_last_block() {
     resize_image(&mut img, &ResizeOptions::new(new_size)).unwrap();
     img.close().unwrap();
     let after = mem.to_vec();
-    assert!(rules_of(after.clone()).is_empty(), "{:?}", rules_of(after.clone()));
+    assert!(
+        rules_of(after.clone()).is_empty(),
+        "{:?}",
+        rules_of(after.clone())
+    );
     assert!(read_disk(after, &Parents::none()) == resized(&disk, new_size));
     prove(
         "grow over bits past the end",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, new_size) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, new_size),
+        },
         &resize_op(ResizeOptions::new(new_size)),
     );
 }
@@ -157,7 +182,11 @@ fn growing_clears_what_lies_past_the_old_end_of_the_last_block() {
 #[test]
 fn a_dynamic_image_shrinks_only_over_unallocated_blocks() {
     let bs = 512 * 1024u32;
-    let (bytes, disk) = dynamic(4 * MIB, bs, &[(100, pattern(3000, 1)), (3 * MIB, pattern(10, 2))]);
+    let (bytes, disk) = dynamic(
+        4 * MIB,
+        bs,
+        &[(100, pattern(3000, 1)), (3 * MIB, pattern(10, 2))],
+    );
     // Without --shrink: refused.
     let (_, mut img) = open_rw(&bytes);
     let e = resize_image(&mut img, &ResizeOptions::new(2 * MIB)).unwrap_err();
@@ -166,7 +195,8 @@ fn a_dynamic_image_shrinks_only_over_unallocated_blocks() {
     // Over the allocated block at 3 MiB: refused, naming it.
     let e = resize_image(&mut img, &ResizeOptions::new(2 * MIB).shrink(true)).unwrap_err();
     assert!(
-        e.to_string().contains("block 6 (guest bytes 3145728..3670016)"),
+        e.to_string()
+            .contains("block 6 (guest bytes 3145728..3670016)"),
         "{e}"
     );
     drop(img);
@@ -176,12 +206,19 @@ fn a_dynamic_image_shrinks_only_over_unallocated_blocks() {
     resize_image(&mut img, &ResizeOptions::new(new_size).shrink(true)).unwrap();
     img.close().unwrap();
     assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, new_size));
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     prove(
         "shrink",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, new_size) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, new_size),
+        },
         &resize_op(ResizeOptions::new(new_size).shrink(true)),
     );
 }
@@ -216,13 +253,20 @@ fn a_fixed_image_grows_and_its_footer_moves() {
     img.close().unwrap();
     assert_eq!(report.file_size_after, 3 * MIB + 512);
     assert_eq!(mem.to_vec().len() as u64, 3 * MIB + 512);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, 3 * MIB));
     let covered = prove(
         "fixed grow",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, 3 * MIB) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, 3 * MIB),
+        },
         &resize_op(ResizeOptions::new(3 * MIB)),
     );
     assert!(covered.syncs >= 3, "{covered:?}");
@@ -245,7 +289,10 @@ fn a_fixed_image_shrinks_only_over_zeros() {
         "fixed shrink",
         &bytes,
         &Parents::none(),
-        &Contents { old: disk.clone(), new: resized(&disk, MIB) },
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, MIB),
+        },
         &resize_op(ResizeOptions::new(MIB).shrink(true)),
     );
 }
@@ -253,19 +300,34 @@ fn a_fixed_image_shrinks_only_over_zeros() {
 #[test]
 fn fixed_images_with_a_511_byte_footer_or_slack_resize_too() {
     for (what, builder) in [
-        ("511-byte footer", VhdBuilder::fixed(64 * KIB).data(&pattern(64 * 1024, 1)).corrupt(|b| {
-            b.pop();
-        })),
-        ("slack", VhdBuilder::fixed(64 * KIB).data(&pattern(64 * 1024, 2)).fixed_slack(1000)),
+        (
+            "511-byte footer",
+            VhdBuilder::fixed(64 * KIB)
+                .data(&pattern(64 * 1024, 1))
+                .corrupt(|b| {
+                    b.pop();
+                }),
+        ),
+        (
+            "slack",
+            VhdBuilder::fixed(64 * KIB)
+                .data(&pattern(64 * 1024, 2))
+                .fixed_slack(1000),
+        ),
     ] {
         let bytes = builder.build();
         let disk = builder.expected(&[]);
         for new_size in [128 * KIB, 64 * KIB + 512, 60 * KIB] {
-            let contents = Contents { old: disk.clone(), new: resized(&disk, new_size) };
+            let contents = Contents {
+                old: disk.clone(),
+                new: resized(&disk, new_size),
+            };
             if new_size < 64 * KIB {
                 // Over data: refused, nothing written.
                 let (mem, mut img) = open_rw(&bytes);
-                assert!(resize_image(&mut img, &ResizeOptions::new(new_size).shrink(true)).is_err());
+                assert!(
+                    resize_image(&mut img, &ResizeOptions::new(new_size).shrink(true)).is_err()
+                );
                 drop(img);
                 assert!(mem.to_vec() == bytes, "{what}: a refused shrink wrote");
                 continue;
@@ -294,7 +356,11 @@ fn a_differencing_image_cannot_change_size_apart_from_its_parent() {
         .open_storage(Box::new(parent), "parent.vhd")
         .unwrap();
     let mut img = CreateOptions::new(DiskType::Differencing, 0)
-        .create_in(Box::new(child.clone()), "child.vhd", Some((parent_img, "parent.vhd")))
+        .create_in(
+            Box::new(child.clone()),
+            "child.vhd",
+            Some((parent_img, "parent.vhd")),
+        )
         .unwrap();
     let before = child.to_vec();
     let e = resize_image(&mut img, &ResizeOptions::new(2 * MIB)).unwrap_err();
@@ -328,7 +394,11 @@ fn an_image_made_by_the_chs_rule_keeps_it() {
     assert_eq!(img.footer().disk_geometry, geometry);
     assert_eq!(img.footer().disk_geometry.capacity(), want);
     drop(img);
-    assert!(rules_of(mem.to_vec()).is_empty(), "{:?}", rules_of(mem.to_vec()));
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
     // Asked for the exact rule instead: the size as given.
     let (_, mut img) = open_rw(&bytes);
     let report = resize_image(
@@ -354,7 +424,10 @@ fn resize_works_with_block_sizes_from_512_bytes_up() {
             &format!("grow {bs}-byte blocks"),
             &bytes,
             &Parents::none(),
-            &Contents { old: disk.clone(), new: resized(&disk, new_size) },
+            &Contents {
+                old: disk.clone(),
+                new: resized(&disk, new_size),
+            },
             &resize_op(ResizeOptions::new(new_size)),
         );
     }
@@ -371,12 +444,17 @@ fn resize_works_with_256_mib_blocks_on_a_file() {
         .unwrap();
     img.write_at(bs - 4096, &pattern(4096, 1)).unwrap();
     img.close().unwrap();
-    let report = vhdref::ops::resize(&path, OpenOptions::new(), &ResizeOptions::new(3 * bs)).unwrap();
+    let report =
+        vhdref::ops::resize(&path, OpenOptions::new(), &ResizeOptions::new(3 * bs)).unwrap();
     assert_eq!(report.new_size, 3 * bs);
     let mut img = Image::open(&path).unwrap();
     assert_eq!(img.size(), 3 * bs);
     let mut buf = vec![0u8; 8192];
     img.read_at(bs - 4096, &mut buf).unwrap();
     assert!(buf[..4096] == pattern(4096, 1)[..] && buf[4096..].iter().all(|&b| b == 0));
-    assert!(vhdref::check::check(&path, &vhdref::check::CheckOptions::new()).findings.is_empty());
+    assert!(
+        vhdref::check::check(&path, &vhdref::check::CheckOptions::new())
+            .findings
+            .is_empty()
+    );
 }

@@ -16,6 +16,7 @@ mod args;
 mod bench;
 mod check;
 mod commit;
+mod compact;
 mod compare;
 mod convert;
 mod create;
@@ -23,6 +24,9 @@ pub mod info;
 mod input;
 mod map;
 mod output;
+mod rebase;
+mod repair;
+mod resize;
 mod rw;
 
 use std::ffi::OsString;
@@ -36,8 +40,9 @@ use output::Failure;
 #[command(
     name = "vhd",
     version,
-    about = "Inspect, check, create, convert, read and write VHD disk images",
-    long_about = "Inspect, check, create, convert, read and write Microsoft VHD 1.0 disk images \
+    about = "Inspect, check, create, convert, read, write, repair, resize, compact and rebase VHD disk images",
+    long_about = "Inspect, check, create, convert, read, write, repair, resize, compact and rebase \
+                  Microsoft VHD 1.0 disk images \
                   (fixed, dynamic and differencing).\n\n\
                   Sizes and offsets take plain bytes or a K, M, G or T suffix (powers of 1024, \
                   case-insensitive; KiB, MiB, ... also work). Errors go to stderr as one line: \
@@ -62,6 +67,10 @@ enum Command {
     Map(map::MapArgs),
     Compare(compare::CompareArgs),
     Commit(commit::CommitArgs),
+    Repair(repair::RepairArgs),
+    Resize(resize::ResizeArgs),
+    Compact(compact::CompactArgs),
+    Rebase(rebase::RebaseArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -95,6 +104,10 @@ where
         Command::Map(a) => map::run(&a),
         Command::Compare(a) => compare::run(&a),
         Command::Commit(a) => commit::run(&a),
+        Command::Repair(a) => repair::run(&a),
+        Command::Resize(a) => resize::run(&a),
+        Command::Compact(a) => compact::run(&a),
+        Command::Rebase(a) => rebase::run(&a),
         Command::Bench(a) => bench::run(&a),
     };
     match result {

@@ -230,7 +230,9 @@ impl Image {
         // (the driver keeps only `next_free` up to date): the trailing
         // footer is the last 512 bytes of the file.
         let len = self.file_len()?;
-        let at = len.saturating_sub(FOOTER_SIZE as u64).max(sparse.next_free.min(len));
+        let at = len
+            .saturating_sub(FOOTER_SIZE as u64)
+            .max(sparse.next_free.min(len));
         self.footer_offset = at;
         if at.is_multiple_of(SECTOR_SIZE) {
             return Ok(());
@@ -437,7 +439,8 @@ impl Image {
         let mut done = first;
         while done < total {
             let n = CHUNK.min(total - done);
-            let entries = super::rules::read_bat(&self.storage, s.header.table_offset + done * 4, n)?;
+            let entries =
+                super::rules::read_bat(&self.storage, s.header.table_offset + done * 4, n)?;
             for (k, e) in entries.into_iter().enumerate() {
                 if e != UNALLOCATED {
                     out.push((usize::try_from(done).unwrap_or(usize::MAX) + k, e));
@@ -537,7 +540,8 @@ impl Image {
             )));
         }
         if let Some(r) = self.layout_regions()?.iter().find(|r| {
-            r.overlaps(offset, end) && !matches!((r.what, inside), (Use::Block(b), Some(i)) if b == i)
+            r.overlaps(offset, end)
+                && !matches!((r.what, inside), (Use::Block(b), Some(i)) if b == i)
         }) {
             return Err(Error::InvalidArgument(format!(
                 "write_unreferenced: {offset:#x}..{end:#x} overlaps {:?}",
@@ -623,8 +627,9 @@ impl Image {
                 .ok_or_else(|| Error::SizeLimit {
                     requested: to + span,
                     limit: crate::format::MAX_BLOCK_FILE_OFFSET,
-                    reason: "a block would start past 2 TiB, which a 32-bit BAT entry cannot address"
-                        .into(),
+                    reason:
+                        "a block would start past 2 TiB, which a 32-bit BAT entry cannot address"
+                            .into(),
                 })?;
             if let Some(r) = regions.iter().find(|r| r.overlaps(to, to + span)) {
                 return Err(Error::InvalidArgument(format!(
@@ -791,7 +796,11 @@ impl Image {
 
     /// Steps 1 to 6 of [`Image::write_header`] for a change that spans
     /// sectors.
-    fn write_header_through_copy(&mut self, offset: u64, new: &[u8; DYN_HEADER_SIZE]) -> Result<()> {
+    fn write_header_through_copy(
+        &mut self,
+        offset: u64,
+        new: &[u8; DYN_HEADER_SIZE],
+    ) -> Result<()> {
         let scratch = self.footer_offset;
         let ends_at = scratch + DYN_HEADER_SIZE as u64;
         let footer = self.trailing_footer_raw()?;
@@ -859,7 +868,7 @@ impl Image {
                 .sync()
                 .map_err(self.io_error("syncing the footer copy"))?;
         }
-        self.adopt_footer(footer.clone(), bytes);
+        self.adopt_footer(footer.clone(), &bytes);
         Ok(())
     }
 
@@ -867,10 +876,10 @@ impl Image {
     /// memory (and the bytes written after new blocks) follow it, and for
     /// a dynamic image whose size changed the BAT in memory covers the new
     /// disk (new entries unallocated, as the file has them).
-    pub(crate) fn adopt_footer(&mut self, footer: Footer, bytes: [u8; FOOTER_SIZE]) {
+    pub(crate) fn adopt_footer(&mut self, footer: Footer, bytes: &[u8; FOOTER_SIZE]) {
         let size = footer.current_size;
         self.footer = footer;
-        self.footer_bytes = bytes;
+        self.footer_bytes = *bytes;
         if let Layout::Sparse(s) = &mut self.layout {
             let blocks = usize::try_from(size.div_ceil(s.block_size)).unwrap_or(usize::MAX);
             s.bat.resize(blocks, UNALLOCATED);

@@ -15,9 +15,9 @@ mod resolver;
 mod sparse;
 
 pub use commit::CommitStats;
+pub(crate) use create::relative_windows_path;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
-pub(crate) use create::relative_windows_path;
 pub(crate) use guarded::Guarded;
 pub(crate) use locators::decode as decode_locators;
 pub use locators::windows_path_to_local;

@@ -43,9 +43,9 @@ pub fn aligned_size(size: u64, align: u64) -> Result<u64> {
             "alignment {align} is not a power of two of at least 512 bytes"
         )));
     }
-    size.div_ceil(align)
-        .checked_mul(align)
-        .ok_or_else(|| Error::InvalidArgument(format!("size {size} rounded up to {align} overflows")))
+    size.div_ceil(align).checked_mul(align).ok_or_else(|| {
+        Error::InvalidArgument(format!("size {size} rounded up to {align} overflows"))
+    })
 }
 
 /// A rule of the Azure profile.

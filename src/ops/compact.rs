@@ -19,7 +19,7 @@
 //!    sync;
 //! 2. the blocks that move: footer first if the file grows (it never does
 //!    here), every copy into a hole, sync, every BAT entry switched to its
-//!    copy, sync ([`Image::relocate_blocks`]);
+//!    copy, sync (the driver's `relocate_blocks`);
 //! 3. zeros after the last structure up to the next sector boundary, then
 //!    the footer there, sync, the file cut after it, sync.
 //!

@@ -1,5 +1,6 @@
-//! Maintenance operations on images: [`repair`], [`resize`], [`compact`]
-//! and [`rebase`], and checks and sizes for cloud services ([`cloud`]).
+//! Maintenance operations on images: [`repair()`], [`resize()`],
+//! [`compact()`] and [`rebase()`], and checks and sizes for cloud services
+//! ([`cloud`]).
 //!
 //! Each operation is a library function that takes a path (and options)
 //! and returns a report the CLI renders; each also has a variant over an

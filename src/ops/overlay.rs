@@ -5,6 +5,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::storage::{Mutation, Storage};
 
+/// A failed [`Overlay::commit`]: the error, and the base when it was
+/// reached (some changes may have been made on it).
+pub type CommitError = (io::Error, Option<Box<dyn Storage>>);
+
 struct State {
     base: Box<dyn Storage>,
     /// Bytes of the base a reader still sees: cut by every `set_len`
@@ -67,7 +71,7 @@ impl Overlay {
 
     /// Makes the changes on the base, in order (each sync a sync of the
     /// base), and returns the base. Fails if another clone still exists.
-    pub fn commit(self) -> Result<Box<dyn Storage>, (io::Error, Option<Box<dyn Storage>>)> {
+    pub fn commit(self) -> Result<Box<dyn Storage>, CommitError> {
         let state = match Arc::try_unwrap(self.state) {
             Ok(m) => m
                 .into_inner()

@@ -72,11 +72,14 @@ impl ParentRef {
     /// `child`: its file name, the path relative to the child's directory
     /// (when they share a root) and the absolute path.
     pub fn for_files(child: &Path, parent: &Path) -> Result<ParentRef> {
-        let abs = std::path::absolute(parent)
-            .map_err(|e| Error::io("resolving the parent path", e))?;
+        let abs =
+            std::path::absolute(parent).map_err(|e| Error::io("resolving the parent path", e))?;
         let child_abs =
             std::path::absolute(child).map_err(|e| Error::io("resolving the child path", e))?;
-        let child_dir = child_abs.parent().map(Path::to_path_buf).unwrap_or_default();
+        let child_dir = child_abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let name = abs.file_name().map_or_else(
             || parent.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -172,7 +175,10 @@ fn open_new_parent(path: &Path) -> Result<Image> {
         Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::ParentNotFound {
                 of: None,
-                tried: format!("{} (given as the new parent) does not exist", path.display()),
+                tried: format!(
+                    "{} (given as the new parent) does not exist",
+                    path.display()
+                ),
             }
         }
         Error::Locked { .. } | Error::Io { .. } | Error::NotAFile { .. } => e,
@@ -290,9 +296,12 @@ pub fn rebase_image(
     Ok(report)
 }
 
-/// The locators to write: platform, text, data padded to whole sectors,
+/// One locator to write: platform, text, data padded to whole sectors,
 /// data length.
-fn locator_data(reference: &ParentRef) -> Result<Vec<(Platform, String, Vec<u8>, u32)>> {
+type NewLocator = (Platform, String, Vec<u8>, u32);
+
+/// The locators to write.
+fn locator_data(reference: &ParentRef) -> Result<Vec<NewLocator>> {
     let mut out = Vec::new();
     for (platform, text) in [
         (Platform::W2ru, &reference.relative),

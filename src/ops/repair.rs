@@ -29,7 +29,7 @@
 //! a valid image after each step: a footer or a checksum field is one
 //! write inside one sector (or a write into space no reader looks at); a
 //! cut first writes the footer where the new end will be and syncs
-//! ([`cut_to`]).
+//! (the driver's `cut_to`).
 
 use std::path::Path;
 
@@ -181,13 +181,13 @@ pub fn repair_storage(
         .iter()
         .filter(|f| f.depth == 0)
         .filter(|f| !tried.contains(&(f.finding.rule, f.finding.offset)))
-        .filter_map(|f| plan(f, options).map(|p| (f.clone(), p)))
+        .filter_map(|f| plan(f, *options).map(|p| (f.clone(), p)))
         .min_by_key(|(_, p)| p.priority())
     {
         let (finding, planned) = found;
         tried.push((finding.finding.rule, finding.finding.offset));
         let mut target = overlay.clone();
-        if let Some(action) = apply(&planned, &mut target, &finding, name)? {
+        if let Some(action) = apply(planned, &mut target, &finding, name)? {
             fixes.push(Fix {
                 rule: finding.finding.rule,
                 action,
@@ -227,9 +227,9 @@ pub fn repair_storage(
             .discard()
             .ok_or_else(|| Error::InvalidArgument("the repair overlay is still shared".into()))?
     } else {
-        let storage = overlay.commit().map_err(|(e, _)| {
-            Error::io(format!("writing the repairs of {name}"), e)
-        })?;
+        let storage = overlay
+            .commit()
+            .map_err(|(e, _)| Error::io(format!("writing the repairs of {name}"), e))?;
         report.written = true;
         report.after = check_storage(&*storage, name, &check);
         storage
@@ -263,7 +263,7 @@ impl Plan {
 }
 
 /// The fix for a finding, if it has one (and the options allow it).
-fn plan(f: &Located, options: &RepairOptions) -> Option<Plan> {
+fn plan(f: &Located, options: RepairOptions) -> Option<Plan> {
     match f.finding.rule {
         Rule::Ftr511 => Some(Plan::ShortFooter),
         Rule::FtrTrailing => Some(Plan::RestoreTrailing),
@@ -271,10 +271,9 @@ fn plan(f: &Located, options: &RepairOptions) -> Option<Plan> {
         Rule::HdrChecksum if options.fix_checksums => Some(Plan::HeaderChecksum),
         Rule::FtrCopyMismatch => Some(Plan::RestoreCopy),
         Rule::BmpPastEnd => Some(Plan::ClearPastEnd),
-        Rule::FileTail | Rule::FtrFixedSlack => Some(Plan::CutTail),
         // Only a leak that reaches the trailing footer is at the end;
         // whether it does is known once the footer is.
-        Rule::FileLeak => Some(Plan::CutTail),
+        Rule::FileTail | Rule::FtrFixedSlack | Rule::FileLeak => Some(Plan::CutTail),
         _ => None,
     }
 }
@@ -309,7 +308,7 @@ fn open(overlay: &Overlay, name: &str) -> Result<Image> {
 /// Makes the writes of one fix on `storage` (the overlay); returns what
 /// was done, or `None` when the finding turns out to need nothing (a leak
 /// that is not at the end).
-fn apply(plan: &Plan, storage: &mut Overlay, f: &Located, name: &str) -> Result<Option<String>> {
+fn apply(plan: Plan, storage: &mut Overlay, f: &Located, name: &str) -> Result<Option<String>> {
     let len = storage.len().map_err(io(name, "reading the length"))?;
     Ok(Some(match plan {
         Plan::ShortFooter => {
@@ -319,7 +318,10 @@ fn apply(plan: &Plan, storage: &mut Overlay, f: &Located, name: &str) -> Result<
                 .write_all_at(&[0], len)
                 .map_err(io(name, "completing the footer"))?;
             storage.sync().map_err(io(name, "syncing"))?;
-            format!("the 511-byte footer at {:#x} made 512 bytes long (a zero byte appended)", len - 511)
+            format!(
+                "the 511-byte footer at {:#x} made 512 bytes long (a zero byte appended)",
+                len - 511
+            )
         }
         Plan::RestoreTrailing => return restore_trailing(storage, len, name),
         Plan::FooterChecksum => {
@@ -329,7 +331,12 @@ fn apply(plan: &Plan, storage: &mut Overlay, f: &Located, name: &str) -> Result<
                 .map(|ft| footer_fields(&ft))
                 .unwrap_or_default();
             set_checksum(&mut bytes, FOOTER_CHECKSUM);
-            write_field(storage, &bytes[FOOTER_CHECKSUM..FOOTER_CHECKSUM + 4], at + FOOTER_CHECKSUM as u64, name)?;
+            write_field(
+                storage,
+                &bytes[FOOTER_CHECKSUM..FOOTER_CHECKSUM + 4],
+                at + FOOTER_CHECKSUM as u64,
+                name,
+            )?;
             format!("the footer checksum at {at:#x} recomputed, trusting {fields}")
         }
         Plan::HeaderChecksum => {
@@ -342,7 +349,12 @@ fn apply(plan: &Plan, storage: &mut Overlay, f: &Located, name: &str) -> Result<
                 .map(|h| header_fields(&h))
                 .unwrap_or_default();
             set_checksum(&mut bytes, HEADER_CHECKSUM);
-            write_field(storage, &bytes[HEADER_CHECKSUM..HEADER_CHECKSUM + 4], at + HEADER_CHECKSUM as u64, name)?;
+            write_field(
+                storage,
+                &bytes[HEADER_CHECKSUM..HEADER_CHECKSUM + 4],
+                at + HEADER_CHECKSUM as u64,
+                name,
+            )?;
             format!("the dynamic header checksum at {at:#x} recomputed, trusting {fields}")
         }
         Plan::RestoreCopy => {
@@ -408,7 +420,9 @@ fn restore_trailing(storage: &mut Overlay, len: u64, name: &str) -> Result<Optio
     Ok(Some(if damaged_footer {
         format!("the damaged trailing footer at {at:#x} replaced by the copy at offset 0")
     } else {
-        format!("the trailing footer restored from the copy at offset 0, at {at:#x} after the end of the file")
+        format!(
+            "the trailing footer restored from the copy at offset 0, at {at:#x} after the end of the file"
+        )
     }))
 }
 
@@ -432,10 +446,10 @@ fn clear_past_end(storage: &mut Overlay, name: &str) -> Result<Option<String>> {
     let mut cleared = bits.clone();
     let first = in_disk.div_ceil(SECTOR_SIZE);
     for s in first..block_size / SECTOR_SIZE {
-        if bitmap::get(&cleared, s) {
-            if let Some(b) = cleared.get_mut((s / 8) as usize) {
-                *b &= !(0x80u8 >> (s % 8));
-            }
+        if bitmap::get(&cleared, s)
+            && let Some(b) = cleared.get_mut((s / 8) as usize)
+        {
+            *b &= !(0x80u8 >> (s % 8));
         }
     }
     let Some(lo) = bits.iter().zip(&cleared).position(|(a, b)| a != b) else {
@@ -464,22 +478,18 @@ fn cut_tail(storage: &mut Overlay, f: &Located, len: u64, name: &str) -> Result<
     };
     let footer = img.trailing_footer_raw()?;
     let current = img.footer_offset();
-    let (from, to) = match img.disk_type() {
-        DiskType::Fixed => {
-            let size = img.size();
-            (size, size)
+    let (from, to) = if img.disk_type() == DiskType::Fixed {
+        (img.size(), img.size())
+    } else {
+        let Some(start) = f.finding.offset else {
+            return Ok(None);
+        };
+        let end = start + f.finding.length.unwrap_or(0);
+        if end != current {
+            // A leak inside the file: compact's work.
+            return Ok(None);
         }
-        _ => {
-            let Some(start) = f.finding.offset else {
-                return Ok(None);
-            };
-            let end = start + f.finding.length.unwrap_or(0);
-            if end != current {
-                // A leak inside the file: compact's work.
-                return Ok(None);
-            }
-            (start, sector_ceil(start))
-        }
+        (start, sector_ceil(start))
     };
     drop(img);
     if from < to.min(current) {
@@ -543,9 +553,13 @@ fn refusal(f: &Located, overlay: &Overlay, fix_checksums: bool) -> String {
                 .and_then(|len| len.checked_sub(FOOTER_SIZE as u64))
                 .and_then(|at| footer_at(overlay, at, "").ok())
                 .and_then(|b| Footer::parse_ignoring_checksum(&b).ok())
-                .map(|ft| footer_fields(&ft))
-                .unwrap_or_else(|| "fields that do not parse".into());
-            format!("recomputing the checksum would trust {fields}; run again with --fix-checksums if they are right")
+                .map_or_else(
+                    || "fields that do not parse".into(),
+                    |ft| footer_fields(&ft),
+                );
+            format!(
+                "recomputing the checksum would trust {fields}; run again with --fix-checksums if they are right"
+            )
         }
         Rule::HdrChecksum if !fix_checksums => {
             let fields = f
@@ -557,9 +571,10 @@ fn refusal(f: &Located, overlay: &Overlay, fix_checksums: bool) -> String {
                     bytes.copy_from_slice(&b);
                     DynHeader::parse_ignoring_checksum(&bytes, at).ok()
                 })
-                .map(|h| header_fields(&h))
-                .unwrap_or_else(|| "fields that do not parse".into());
-            format!("recomputing the checksum would trust {fields}; run again with --fix-checksums if they are right")
+                .map_or_else(|| "fields that do not parse".into(), |h| header_fields(&h));
+            format!(
+                "recomputing the checksum would trust {fields}; run again with --fix-checksums if they are right"
+            )
         }
         rule => format!("no safe repair for {rule}: fixing it would mean guessing"),
     }
@@ -568,7 +583,9 @@ fn refusal(f: &Located, overlay: &Overlay, fix_checksums: bool) -> String {
 /// Why a warning is left.
 fn leave_reason(rule: Rule) -> String {
     match rule {
-        Rule::FileLeak => "leaked space inside the file is left as it is; vhd compact reclaims it".into(),
+        Rule::FileLeak => {
+            "leaked space inside the file is left as it is; vhd compact reclaims it".into()
+        }
         _ => format!("{rule} has no repair: the image reads correctly as it is"),
     }
 }

@@ -156,11 +156,7 @@ pub fn inferred_size_rule(footer: &Footer) -> SizeRule {
 
 /// The new size and geometry for `requested` under `rule`, with the
 /// limits of the format (and of the block size) checked.
-fn new_size_and_geometry(
-    img: &Image,
-    requested: u64,
-    rule: SizeRule,
-) -> Result<(u64, Geometry)> {
+fn new_size_and_geometry(img: &Image, requested: u64, rule: SizeRule) -> Result<(u64, Geometry)> {
     let (size, geometry) = match rule {
         SizeRule::Exact => {
             if !requested.is_multiple_of(SECTOR_SIZE) {
@@ -272,7 +268,9 @@ fn resize_dynamic(
         clear_past_end(img, new.current_size)?;
     } else {
         clear_past_end(img, old.current_size)?;
-        let max = img.dyn_header().map_or(0, |h| u64::from(h.max_table_entries));
+        let max = img
+            .dyn_header()
+            .map_or(0, |h| u64::from(h.max_table_entries));
         let stale: Vec<(usize, u32)> = img
             .entries_past_disk()?
             .into_iter()
@@ -282,7 +280,7 @@ fn resize_dynamic(
         report.entries_released = stale.len() as u64;
         img.write_bat_entries(&stale)?;
         if new_blocks > max {
-            let before = img.bat().map(|b| b.to_vec()).unwrap_or_default();
+            let before = img.bat().map(<[u32]>::to_vec).unwrap_or_default();
             let entries = u32::try_from(new_blocks).map_err(|_| {
                 Error::InvalidArgument(format!("{new_blocks} blocks do not fit a BAT"))
             })?;
@@ -351,7 +349,11 @@ fn check_nothing_past(img: &mut Image, end: u64) -> Result<()> {
         return Err(refused(format!(
             "{}: {} past the new end hold data: block {first} (guest bytes {from}..{}){}; they would be lost (if they hold only zeros, vhd compact releases them)",
             img.name(),
-            crate::error::count(allocated.len() as u64, "allocated block", "allocated blocks"),
+            crate::error::count(
+                allocated.len() as u64,
+                "allocated block",
+                "allocated blocks"
+            ),
             (from + block_size).min(size),
             if allocated.len() > 1 { " and more" } else { "" }
         )));
@@ -433,7 +435,7 @@ fn resize_fixed(img: &mut Image, old: &Footer, new: &Footer) -> Result<()> {
         }
     })?;
     img.set_fixed_footer_offset(at);
-    img.adopt_footer(new.clone(), new_bytes);
+    img.adopt_footer(new.clone(), &new_bytes);
     Ok(())
 }
 

@@ -23,8 +23,6 @@
 //! builder, never from vhdref reading itself.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use vhdref::check::{CheckOptions, Verdict, check_storage};
 use vhdref::storage::{Fault, FaultStorage, MemStorage, Mutation, Op, Storage};
 use vhdref::{DiskType, Image, OpenOptions, Rule};
@@ -70,11 +68,14 @@ impl Parents {
 
     /// The parent with this unique ID, opened read-only.
     pub fn open(&self, id: uuid::Uuid) -> Option<Image> {
-        self.images.iter().find(|p| p.0 == id).map(|(_, name, mem)| {
-            OpenOptions::new()
-                .open_storage(Box::new(mem.clone()), name.clone())
-                .expect("a parent opens")
-        })
+        self.images
+            .iter()
+            .find(|p| p.0 == id)
+            .map(|(_, name, mem)| {
+                OpenOptions::new()
+                    .open_storage(Box::new(mem.clone()), name.clone())
+                    .expect("a parent opens")
+            })
     }
 
     /// The names of the parents with this unique ID.
@@ -112,7 +113,10 @@ pub fn open_with_parent(
         .open_storage(Box::new(MemStorage::from_bytes(bytes)), "image.vhd")?;
     let mut options = OpenOptions::new().write(write);
     if probe.disk_type() == DiskType::Differencing {
-        let id = probe.dyn_header().map(|h| h.parent_unique_id).unwrap_or_default();
+        let id = probe
+            .dyn_header()
+            .map(|h| h.parent_unique_id)
+            .unwrap_or_default();
         match parents.open(id) {
             Some(p) => options = options.parent_image(p),
             None => options = options.skip_parent(true),
@@ -226,9 +230,14 @@ pub fn judge_with(
         .filter(|f| f.finding.severity == vhdref::Severity::Error)
         .collect();
     assert!(
-        errors.iter().all(|f| kind != Kind::Complete && also.contains(&f.finding.rule)),
+        errors
+            .iter()
+            .all(|f| kind != Kind::Complete && also.contains(&f.finding.rule)),
         "{what}: the checker finds errors: {:?}",
-        errors.iter().map(|f| f.finding.to_string()).collect::<Vec<_>>()
+        errors
+            .iter()
+            .map(|f| f.finding.to_string())
+            .collect::<Vec<_>>()
     );
     if !errors.is_empty() {
         return false;
@@ -248,14 +257,20 @@ pub fn judge_with(
     );
     let mut img = open_with_parent(Box::new(mem.clone()), parents, false)
         .unwrap_or_else(|e| panic!("{what}: does not open: {e}"));
-    if let Some(header) = img.dyn_header().filter(|_| img.disk_type() == DiskType::Differencing) {
+    if let Some(header) = img
+        .dyn_header()
+        .filter(|_| img.disk_type() == DiskType::Differencing)
+    {
         let names = parents.names_of(header.parent_unique_id);
-        assert!(!names.is_empty(), "{what}: the header names a parent that is not there");
+        assert!(
+            !names.is_empty(),
+            "{what}: the header names a parent that is not there"
+        );
         let texts = locator_texts(&mem, header);
         assert!(
-            texts
+            texts.iter().any(|t| names
                 .iter()
-                .any(|t| names.iter().any(|n| t.replace('\\', "/").ends_with(n.as_str()))),
+                .any(|n| t.replace('\\', "/").ends_with(n.as_str()))),
             "{what}: no locator names the parent {names:?}: {texts:?}"
         );
     }
@@ -383,14 +398,22 @@ pub fn prove(
     op: Operation<'_>,
 ) -> Covered {
     let mut covered = Covered::default();
-    let before_rules = rules_in(before);
-    let judge = |bytes: Vec<u8>, parents: &Parents, want: &Contents, kind: Kind, what: &str| {
-        judge_with(bytes, parents, want, kind, what, &before_rules)
-    };
+    let also = rules_in(before);
     // The run without faults.
     let clean = FaultStorage::from_bytes(before.to_vec());
-    assert!(op(&clean, parents), "{what}: the operation fails without faults");
-    judge(clean.durable(), parents, want, Kind::Complete, &format!("{what}, no faults"));
+    assert!(
+        op(&clean, parents),
+        "{what}: the operation fails without faults"
+    );
+    let label = format!("{what}, no faults");
+    judge_with(
+        clean.durable(),
+        parents,
+        want,
+        Kind::Complete,
+        &label,
+        &also,
+    );
     let log = clean.log();
     (covered.writes, covered.syncs, covered.set_lens) = clean.counts();
     covered.changes = log.len();
@@ -398,6 +421,21 @@ pub fn prove(
         matches!(log.last(), Some(Mutation::Sync)) || log.is_empty(),
         "{what}: the operation does not end with a sync"
     );
+    covered.states += cuts(what, before, &log, parents, want, &also);
+    faults(what, before, parents, want, op, &also, &mut covered);
+    covered
+}
+
+/// Every cut, tear and power loss of a recorded run; returns the states
+/// judged.
+fn cuts(
+    what: &str,
+    before: &[u8],
+    log: &[Mutation],
+    parents: &Parents,
+    want: &Contents,
+    also: &[Rule],
+) -> usize {
     let replay = |ops: &mut dyn Iterator<Item = usize>| {
         let mut bytes = before.to_vec();
         for i in ops {
@@ -405,31 +443,26 @@ pub fn prove(
         }
         bytes
     };
-    // Cuts after every change.
-    for k in 0..=log.len() {
-        let state = replay(&mut (0..k));
-        let kind = if k == log.len() { Kind::Complete } else { Kind::Cut };
-        judge(state, parents, want, kind, &format!("{what}: cut after {k} of {} changes", log.len()));
-        covered.states += 1;
+    let n = log.len();
+    let mut states = 0;
+    for k in 0..=n {
+        let kind = if k == n { Kind::Complete } else { Kind::Cut };
+        let label = format!("{what}: cut after {k} of {n} changes");
+        judge_with(replay(&mut (0..k)), parents, want, kind, &label, also);
+        states += 1;
     }
-    // Torn writes.
-    for k in 0..log.len() {
-        for upto in tear_points(&log[k]) {
+    for (k, change) in log.iter().enumerate() {
+        for upto in tear_points(change) {
             let mut state = replay(&mut (0..k));
-            apply_torn(&log[k], &mut state, upto);
-            judge(
-                state,
-                parents,
-                want,
-                Kind::Cut,
-                &format!("{what}: change {k} torn at file offset {upto}"),
-            );
-            covered.states += 1;
+            apply_torn(change, &mut state, upto);
+            let label = format!("{what}: change {k} torn at file offset {upto}");
+            judge_with(state, parents, want, Kind::Cut, &label, also);
+            states += 1;
         }
     }
     // Power loss: up to a sync, then any subset of the next window.
     let mut start = 0;
-    for sync in (0..log.len()).filter(|&i| matches!(log[i], Mutation::Sync)) {
+    for sync in (0..n).filter(|&i| matches!(log[i], Mutation::Sync)) {
         let window: Vec<usize> = (start..sync).collect();
         for mask in subsets(window.len()) {
             let mut kept = (0..start).chain(
@@ -439,19 +472,35 @@ pub fn prove(
                     .filter(|(bit, _)| mask & (1u64 << bit) != 0)
                     .map(|(_, &i)| i),
             );
-            let state = replay(&mut kept);
-            judge(
-                state,
+            let label = format!(
+                "{what}: power loss before the sync at change {sync}, keeping {mask:#b} of {window:?}"
+            );
+            judge_with(
+                replay(&mut kept),
                 parents,
                 want,
                 Kind::PowerLoss,
-                &format!("{what}: power loss before the sync at change {sync}, keeping {mask:#b} of {window:?}"),
+                &label,
+                also,
             );
-            covered.states += 1;
+            states += 1;
         }
         start = sync + 1;
     }
-    // Planned faults at every operation.
+    states
+}
+
+/// The operation again with a fault planned at each write, sync and cut
+/// it made; after a failure, once more on what survived.
+fn faults(
+    what: &str,
+    before: &[u8],
+    parents: &Parents,
+    want: &Contents,
+    op: Operation<'_>,
+    also: &[Rule],
+    covered: &mut Covered,
+) {
     for (op_kind, n) in [
         (Op::Write, covered.writes),
         (Op::Sync, covered.syncs),
@@ -471,32 +520,56 @@ pub fn prove(
                 let storage = FaultStorage::from_bytes(before.to_vec());
                 storage.plan(op_kind, nth, fault);
                 let ok = op(&storage, parents);
-                let label = format!("{what}: {fault:?} at {op_kind:?} #{nth} (reported success: {ok})");
+                let label =
+                    format!("{what}: {fault:?} at {op_kind:?} #{nth} (reported success: {ok})");
                 covered.fault_runs += 1;
                 if ok {
                     covered.fault_successes += 1;
-                    judge(storage.durable(), parents, want, Kind::Complete, &label);
+                    judge_with(
+                        storage.durable(),
+                        parents,
+                        want,
+                        Kind::Complete,
+                        &label,
+                        also,
+                    );
                     continue;
                 }
-                judge(storage.bytes(), parents, want, Kind::Seen, &format!("{label}, seen"));
+                let seen = format!("{label}, seen");
+                judge_with(storage.bytes(), parents, want, Kind::Seen, &seen, also);
                 let durable = storage.durable();
-                judge(durable.clone(), parents, want, Kind::Durable, &format!("{label}, durable"));
+                let label_d = format!("{label}, durable");
+                judge_with(
+                    durable.clone(),
+                    parents,
+                    want,
+                    Kind::Durable,
+                    &label_d,
+                    also,
+                );
                 // Run again on what survived, as a user would.
                 let again = FaultStorage::from_bytes(durable);
                 assert!(op(&again, parents), "{label}: running it again fails");
-                judge(again.durable(), parents, want, Kind::Complete, &format!("{label}, run again"));
+                let label_a = format!("{label}, run again");
+                judge_with(
+                    again.durable(),
+                    parents,
+                    want,
+                    Kind::Complete,
+                    &label_a,
+                    also,
+                );
                 covered.states += 3;
             }
         }
     }
-    covered
 }
 
 /// Guest bytes of a whole image held in `bytes`, read with the parent it
 /// names.
 pub fn read_disk(bytes: Vec<u8>, parents: &Parents) -> Vec<u8> {
-    let mut img = open_with_parent(Box::new(MemStorage::from_bytes(bytes)), parents, false)
-        .expect("opens");
+    let mut img =
+        open_with_parent(Box::new(MemStorage::from_bytes(bytes)), parents, false).expect("opens");
     let mut out = vec![0u8; img.size() as usize];
     img.read_at(0, &mut out).expect("reads");
     out
@@ -513,18 +586,12 @@ pub fn rules_in(bytes: &[u8]) -> Vec<Rule> {
 pub fn rules_of(bytes: Vec<u8>) -> Vec<&'static str> {
     let mem = MemStorage::from_bytes(bytes);
     let report = check_storage(&mem, "image.vhd", &CheckOptions::new());
-    let mut ids: Vec<&'static str> = report.findings.iter().map(|f| f.finding.rule.id()).collect();
+    let mut ids: Vec<&'static str> = report
+        .findings
+        .iter()
+        .map(|f| f.finding.rule.id())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     ids
-}
-
-/// Sorted map of the sectors where two disks differ (for messages).
-pub fn differing_sectors(a: &[u8], b: &[u8]) -> BTreeMap<usize, ()> {
-    a.chunks(SECTOR as usize)
-        .zip(b.chunks(SECTOR as usize))
-        .enumerate()
-        .filter(|(_, (x, y))| x != y)
-        .map(|(i, _)| (i, ()))
-        .collect()
 }
