@@ -458,3 +458,44 @@ fn resize_works_with_256_mib_blocks_on_a_file() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_shrink_shortens_the_table_and_gives_its_space_back() {
+    // 2000 entries of 4 KiB blocks shrunk to 10: the table's freed tail is
+    // longer than a block span, so the last block moves into it.
+    let bs = 4096u32;
+    let builder = VhdBuilder::dynamic(2000 * 4096)
+        .block_size(bs)
+        .block(0, Bits::All, &pattern(4096, 1))
+        .block(3, Bits::All, &pattern(4096, 2))
+        .block(9, Bits::All, &pattern(4096, 3));
+    let bytes = builder.build();
+    let disk = builder.expected(&[]);
+    let new_size = 10 * 4096;
+    let (mem, mut img) = open_rw(&bytes);
+    let report = resize_image(&mut img, &ResizeOptions::new(new_size).shrink(true)).unwrap();
+    img.close().unwrap();
+    assert!(report.blocks_moved >= 1, "{report:?}");
+    assert!(report.file_size_after < report.file_size_before);
+    let img = OpenOptions::new()
+        .open_storage(Box::new(mem.clone()), "image.vhd")
+        .unwrap();
+    assert_eq!(img.dyn_header().unwrap().max_table_entries, 10);
+    drop(img);
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
+    assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, new_size));
+    prove(
+        "shrink a long table",
+        &bytes,
+        &Parents::none(),
+        &Contents {
+            old: disk.clone(),
+            new: resized(&disk, new_size),
+        },
+        &resize_op(ResizeOptions::new(new_size).shrink(true)),
+    );
+}

@@ -24,8 +24,11 @@
 //!    sync, then the footer copy, sync.
 //!
 //! Shrinking: the bits of sectors past the new end are cleared (they read
-//! zeros either way, or the shrink is refused), sync; then step 4. The
-//! table keeps its length.
+//! zeros either way, or the shrink is refused), sync; then step 4; then
+//! `max_table_entries` becomes the new number of blocks (one sector),
+//! sync, and if the table's freed tail (or a block of an entry past the
+//! new table) leaves a hole a block span long, the last blocks move into
+//! it and the file is cut, as compact does.
 //!
 //! # Write order, fixed image
 //!
@@ -111,7 +114,8 @@ pub struct ResizeReport {
     pub file_size_after: u64,
     /// `max_table_entries` before and after, when the table grew.
     pub table_grown: Option<(u32, u32)>,
-    /// Blocks moved to make room for the table.
+    /// Blocks moved: to make room for a growing table, or into the space a
+    /// shrinking one left.
     pub blocks_moved: u64,
     /// Allocated BAT entries past the old end that were released (their
     /// blocks are now leaked space, which compact reclaims).
@@ -266,6 +270,21 @@ fn resize_dynamic(
     if new.current_size < old.current_size {
         check_nothing_past(img, new.current_size)?;
         clear_past_end(img, new.current_size)?;
+        img.write_footer(new)?;
+        // The table shrinks with the disk (7-Zip refuses a BAT longer than
+        // the disk needs); the space it leaves, and any block of an entry
+        // it drops, is filled by the last blocks, as compact does.
+        let mut header = img
+            .dyn_header()
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument("a dynamic image has a header".into()))?;
+        let entries = u32::try_from(new_blocks).unwrap_or(u32::MAX);
+        if header.max_table_entries > entries {
+            header.max_table_entries = entries;
+            img.write_header(&header)?;
+            report.blocks_moved = super::compact::fill_holes_and_cut(img)?;
+        }
+        return Ok(());
     } else {
         clear_past_end(img, old.current_size)?;
         let max = img
