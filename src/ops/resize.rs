@@ -268,48 +268,68 @@ fn resize_dynamic(
     let block_size = u64::from(img.block_size().unwrap_or(1));
     let new_blocks = new.current_size.div_ceil(block_size);
     if new.current_size < old.current_size {
-        check_nothing_past(img, new.current_size)?;
-        clear_past_end(img, new.current_size)?;
-        img.write_footer(new)?;
-        // The table shrinks with the disk (7-Zip refuses a BAT longer than
-        // the disk needs); the space it leaves, and any block of an entry
-        // it drops, is filled by the last blocks, as compact does.
-        let mut header = img
-            .dyn_header()
-            .cloned()
-            .ok_or_else(|| Error::InvalidArgument("a dynamic image has a header".into()))?;
-        let entries = u32::try_from(new_blocks).unwrap_or(u32::MAX);
-        if header.max_table_entries > entries {
-            header.max_table_entries = entries;
-            img.write_header(&header)?;
-            report.blocks_moved = super::compact::fill_holes_and_cut(img)?;
-        }
-        return Ok(());
+        shrink_dynamic(img, new, new_blocks, report)
     } else {
-        clear_past_end(img, old.current_size)?;
-        let max = img
-            .dyn_header()
-            .map_or(0, |h| u64::from(h.max_table_entries));
-        let stale: Vec<(usize, u32)> = img
-            .entries_past_disk()?
-            .into_iter()
-            .filter(|&(i, _)| (i as u64) < new_blocks)
-            .map(|(i, _)| (i, UNALLOCATED))
-            .collect();
-        report.entries_released = stale.len() as u64;
-        img.write_bat_entries(&stale)?;
-        if new_blocks > max {
-            let before = img.bat().map(<[u32]>::to_vec).unwrap_or_default();
-            let entries = u32::try_from(new_blocks).map_err(|_| {
-                Error::InvalidArgument(format!("{new_blocks} blocks do not fit a BAT"))
-            })?;
-            img.grow_table(entries)?;
-            let after = img.bat().unwrap_or_default();
-            report.blocks_moved = before.iter().zip(after).filter(|(a, b)| a != b).count() as u64;
-            report.table_grown = Some((u32::try_from(max).unwrap_or(u32::MAX), entries));
-        }
+        grow_dynamic(img, old, new, new_blocks, report)
+    }
+}
+
+/// Steps 1 to 4 of growing (see the module documentation).
+fn grow_dynamic(
+    img: &mut Image,
+    old: &Footer,
+    new: &Footer,
+    new_blocks: u64,
+    report: &mut ResizeReport,
+) -> Result<()> {
+    clear_past_end(img, old.current_size)?;
+    let max = img
+        .dyn_header()
+        .map_or(0, |h| u64::from(h.max_table_entries));
+    let stale: Vec<(usize, u32)> = img
+        .entries_past_disk()?
+        .into_iter()
+        .filter(|&(i, _)| (i as u64) < new_blocks)
+        .map(|(i, _)| (i, UNALLOCATED))
+        .collect();
+    report.entries_released = stale.len() as u64;
+    img.write_bat_entries(&stale)?;
+    if new_blocks > max {
+        let before = img.bat().map(<[u32]>::to_vec).unwrap_or_default();
+        let entries = u32::try_from(new_blocks)
+            .map_err(|_| Error::InvalidArgument(format!("{new_blocks} blocks do not fit a BAT")))?;
+        img.grow_table(entries)?;
+        let after = img.bat().unwrap_or_default();
+        report.blocks_moved = before.iter().zip(after).filter(|(a, b)| a != b).count() as u64;
+        report.table_grown = Some((u32::try_from(max).unwrap_or(u32::MAX), entries));
     }
     img.write_footer(new)
+}
+
+/// Shrinking (see the module documentation).
+fn shrink_dynamic(
+    img: &mut Image,
+    new: &Footer,
+    new_blocks: u64,
+    report: &mut ResizeReport,
+) -> Result<()> {
+    check_nothing_past(img, new.current_size)?;
+    clear_past_end(img, new.current_size)?;
+    img.write_footer(new)?;
+    // The table shrinks with the disk (7-Zip refuses a BAT longer than the
+    // disk needs); the space it leaves, and any block of an entry it
+    // drops, is filled by the last blocks, as compact does.
+    let mut header = img
+        .dyn_header()
+        .cloned()
+        .ok_or_else(|| Error::InvalidArgument("a dynamic image has a header".into()))?;
+    let entries = u32::try_from(new_blocks).unwrap_or(u32::MAX);
+    if header.max_table_entries > entries {
+        header.max_table_entries = entries;
+        img.write_header(&header)?;
+        report.blocks_moved = super::compact::fill_holes_and_cut(img)?;
+    }
+    Ok(())
 }
 
 /// The bitmap bits and data past `end` in the block that holds `end`:
