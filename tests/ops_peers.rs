@@ -6,7 +6,7 @@
 //! finds parents by name beside the child), and must read exactly as the
 //! writes the test made say: the expected bytes are never vhdref's own
 //! reading. libvhdi sizes a disk by `original_size`, which a resize keeps
-//! (the spec calls it the size at creation; VirtualBox's resize keeps it
+//! (the spec calls it the size at creation; `VirtualBox`'s resize keeps it
 //! too), so it reads a resized disk at its old size: pinned below.
 //!
 //! Children are written in whole 4 KiB pages and their parents differ in
@@ -47,34 +47,34 @@ fn case(name: &'static str, chain: Vec<PathBuf>, expected: Vec<u8>) -> Case {
 fn results(root: &Path) -> Vec<Case> {
     let mut rng = Rng::new(0x0b5);
     let mut out = Vec::new();
-    let b = 512 * KIB;
+    let block = 512 * KIB;
 
     // Compact: zero blocks, data blocks, a leaked block.
-    let p = subdir(root, "compact").join("compacted.vhd");
+    let path = subdir(root, "compact").join("compacted.vhd");
     let mut img = CreateOptions::new(DiskType::Dynamic, 12 * MIB)
-        .block_size(b as u32)
-        .create(&p)
+        .block_size(block as u32)
+        .create(&path)
         .expect("create");
     let mut expected = vec![0u8; 12 * MIB as usize];
     for blk in [0u64, 3, 5, 9, 20, 23] {
         write_at(
             &mut img,
             &mut expected,
-            blk * b + 4096,
+            blk * block + 4096,
             &rng.nonzero_bytes(70_000),
         );
     }
     for blk in [1u64, 7, 21] {
-        write_at(&mut img, &mut expected, blk * b, &vec![0u8; 8192]);
+        write_at(&mut img, &mut expected, blk * block, &vec![0u8; 8192]);
     }
     img.close().expect("close");
-    let r = vhdref::ops::compact(&p, OpenOptions::new()).expect("compact");
-    assert_eq!(r.blocks_released, 3);
-    out.push(case("compacted", vec![p], expected));
+    let report = vhdref::ops::compact(&path, OpenOptions::new()).expect("compact");
+    assert_eq!(report.blocks_released, 3);
+    out.push(case("compacted", vec![path], expected));
 
     // Compact of a child over a parent with data.
-    let d = subdir(root, "compact-child");
-    let parent = d.join("base.vhd");
+    let dir = subdir(root, "compact-child");
+    let parent = dir.join("base.vhd");
     let mut parent_bytes = make_base(
         &parent,
         &CreateOptions::new(DiskType::Dynamic, 8 * MIB),
@@ -83,7 +83,7 @@ fn results(root: &Path) -> Vec<Case> {
         None,
     );
     common::fill_random(&parent, &mut parent_bytes, &mut rng, 0..3 * MIB);
-    let child = d.join("child.vhd");
+    let child = dir.join("child.vhd");
     let mut child_bytes = make_child(&child, &parent, &parent_bytes, &mut rng, ChildWrites::Pages);
     let mut img = Image::open_rw(&child).expect("open child");
     write_at(&mut img, &mut child_bytes, 6 * MIB, &vec![0u8; 4096]);
@@ -92,59 +92,63 @@ fn results(root: &Path) -> Vec<Case> {
     out.push(case("compacted child", vec![child, parent], child_bytes));
 
     // Grow a dynamic image past its table's sector: blocks move.
-    let p = subdir(root, "grow").join("grown.vhd");
+    let path = subdir(root, "grow").join("grown.vhd");
     let mut img = CreateOptions::new(DiskType::Dynamic, 4 * MIB)
-        .block_size(b as u32)
-        .create(&p)
+        .block_size(block as u32)
+        .create(&path)
         .expect("create");
     let mut expected = vec![0u8; 4 * MIB as usize];
     common::write_random(&mut img, &mut expected, &mut rng, 12, 100 * KIB, 0..4 * MIB);
     img.close().expect("close");
-    let r =
-        vhdref::ops::resize(&p, OpenOptions::new(), &ResizeOptions::new(80 * MIB)).expect("grow");
-    assert!(r.blocks_moved > 0, "{r:?}");
+    let report = vhdref::ops::resize(&path, OpenOptions::new(), &ResizeOptions::new(80 * MIB))
+        .expect("grow");
+    assert!(report.blocks_moved > 0, "{report:?}");
     expected.resize(80 * MIB as usize, 0);
-    out.push(case("grown dynamic", vec![p], expected));
+    out.push(case("grown dynamic", vec![path], expected));
 
     // Shrink a dynamic image over unallocated blocks.
-    let p = subdir(root, "shrink").join("shrunk.vhd");
+    let path = subdir(root, "shrink").join("shrunk.vhd");
     let mut img = CreateOptions::new(DiskType::Dynamic, 12 * MIB)
-        .create(&p)
+        .create(&path)
         .expect("create");
     let mut expected = vec![0u8; 12 * MIB as usize];
     common::write_random(&mut img, &mut expected, &mut rng, 8, 200 * KIB, 0..6 * MIB);
     img.close().expect("close");
     vhdref::ops::resize(
-        &p,
+        &path,
         OpenOptions::new(),
         &ResizeOptions::new(6 * MIB).shrink(true),
     )
     .expect("shrink");
     expected.truncate(6 * MIB as usize);
-    out.push(case("shrunk dynamic", vec![p], expected));
+    out.push(case("shrunk dynamic", vec![path], expected));
 
     // Grow and shrink fixed images.
     for (name, from, to, dir) in [
         ("grown fixed", 5 * MIB + 3 * SECTOR, 9 * MIB, "fixed-grow"),
         ("shrunk fixed", 9 * MIB, 5 * MIB, "fixed-shrink"),
     ] {
-        let p = subdir(root, dir).join("fixed.vhd");
+        let path = subdir(root, dir).join("fixed.vhd");
         let mut expected = make_base(
-            &p,
+            &path,
             &CreateOptions::new(DiskType::Fixed, from),
             &mut rng,
             8,
             Some(0..4 * MIB),
         );
-        vhdref::ops::resize(&p, OpenOptions::new(), &ResizeOptions::new(to).shrink(true))
-            .expect("resize fixed");
+        vhdref::ops::resize(
+            &path,
+            OpenOptions::new(),
+            &ResizeOptions::new(to).shrink(true),
+        )
+        .expect("resize fixed");
         expected.resize(to as usize, 0);
-        out.push(case(name, vec![p], expected));
+        out.push(case(name, vec![path], expected));
     }
 
     // Rebase a child onto another parent (pages differ).
-    let d = subdir(root, "rebase");
-    let a = d.join("a.vhd");
+    let dir = subdir(root, "rebase");
+    let a = dir.join("a.vhd");
     let mut a_bytes = make_base(
         &a,
         &CreateOptions::new(DiskType::Dynamic, 8 * MIB),
@@ -153,7 +157,7 @@ fn results(root: &Path) -> Vec<Case> {
         None,
     );
     common::fill_random(&a, &mut a_bytes, &mut rng, 0..5 * MIB);
-    let b_path = d.join("b.vhd");
+    let b_path = dir.join("block.vhd");
     std::fs::copy(&a, &b_path).expect("copy");
     let mut b_img = OpenOptions::new()
         .write(true)
@@ -169,53 +173,57 @@ fn results(root: &Path) -> Vec<Case> {
         );
     }
     b_img.close().expect("close b");
-    // b must be a parent of its own: another unique ID, via convert.
-    let b_fresh = d.join("b2.vhd");
+    // block must be a parent of its own: another unique ID, via convert.
+    let b_fresh = dir.join("b2.vhd");
     let mut b2 = CreateOptions::new(DiskType::Dynamic, 8 * MIB)
         .create(&b_fresh)
         .expect("create b2");
     b2.write_at(0, &b_bytes).expect("write b2");
     b2.close().expect("close b2");
     std::fs::remove_file(&b_path).expect("rm");
-    let child = d.join("child.vhd");
+    let child = dir.join("child.vhd");
     let child_bytes = make_child(&child, &a, &a_bytes, &mut rng, ChildWrites::Pages);
-    let r = vhdref::ops::rebase(&child, &b_fresh, RebaseMode::Safe, OpenOptions::new())
+    let report = vhdref::ops::rebase(&child, &b_fresh, RebaseMode::Safe, OpenOptions::new())
         .expect("rebase");
-    assert!(r.bytes_copied > 0);
+    assert!(report.bytes_copied > 0);
     out.push(case("rebased child", vec![child, b_fresh], child_bytes));
 
     // Repair: a zeroed footer copy and stray bytes before the footer.
-    let p = subdir(root, "repair").join("repaired.vhd");
+    let path = subdir(root, "repair").join("repaired.vhd");
     let mut img = CreateOptions::new(DiskType::Dynamic, 6 * MIB)
-        .block_size(b as u32)
-        .create(&p)
+        .block_size(block as u32)
+        .create(&path)
         .expect("create");
     let mut expected = vec![0u8; 6 * MIB as usize];
     common::write_random(&mut img, &mut expected, &mut rng, 6, 100 * KIB, 0..6 * MIB);
     img.close().expect("close");
-    let mut bytes = std::fs::read(&p).expect("read");
+    let mut bytes = std::fs::read(&path).expect("read");
     bytes[..512].fill(0);
     let footer = bytes.split_off(bytes.len() - 512);
     bytes.extend(vec![0x4Cu8; 300]);
     bytes.extend(vec![0u8; 212]);
     bytes.extend(footer);
-    std::fs::write(&p, bytes).expect("write");
-    let r = vhdref::ops::repair(&p, &RepairOptions::new()).expect("repair");
-    assert!(r.written && r.fixes.len() == 2, "{:?}", r.fixes);
-    out.push(case("repaired dynamic", vec![p], expected));
+    std::fs::write(&path, bytes).expect("write");
+    let report = vhdref::ops::repair(&path, &RepairOptions::new()).expect("repair");
+    assert!(
+        report.written && report.fixes.len() == 2,
+        "{:?}",
+        report.fixes
+    );
+    out.push(case("repaired dynamic", vec![path], expected));
 
     // A fixed image sized for Azure.
-    let p = subdir(root, "azure").join("upload.vhd");
+    let path = subdir(root, "azure").join("upload.vhd");
     let size = vhdref::ops::aligned_size(30_000_000, MIB).expect("align");
     let expected = make_base(
-        &p,
+        &path,
         &CreateOptions::new(DiskType::Fixed, size),
         &mut rng,
         5,
         None,
     );
-    assert!(vhdref::ops::check_azure(&p).expect("profile").is_empty());
-    out.push(case("fixed for azure", vec![p], expected));
+    assert!(vhdref::ops::check_azure(&path).expect("profile").is_empty());
+    out.push(case("fixed for azure", vec![path], expected));
 
     for c in &out {
         assert_same_bytes(
@@ -294,7 +302,7 @@ fn libvhdi_reads_every_result_as_written() {
             }
             // libvhdi sizes a disk by the footer's original_size, which a
             // resize keeps (the spec calls it the size at creation, and
-            // VirtualBox's resize keeps it too): it reports a resized disk
+            // `VirtualBox`'s resize keeps it too): it reports a resized disk
             // at its old size. What both sizes cover reads right; past the
             // new end of a shrunk disk it reads zeros (dynamic) or fails
             // (fixed: the file ends there).
@@ -304,12 +312,11 @@ fn libvhdi_reads_every_result_as_written() {
             assert_same_bytes(&bytes, &c.expected[..original.min(current) as usize], &what);
             if original > current {
                 let full = pyvhdi_prefix_result(&peer.python(), dir.path(), c.path(), original);
-                match c.disk_type {
-                    DiskType::Fixed => assert!(full.is_err(), "{what}: read past the data"),
-                    _ => {
-                        let (_, all) = full.expect("libvhdi reads a shrunk dynamic disk");
-                        assert!(all[current as usize..].iter().all(|&b| b == 0), "{what}");
-                    }
+                if c.disk_type == DiskType::Fixed {
+                    assert!(full.is_err(), "{what}: read past the data");
+                } else {
+                    let (_, all) = full.expect("libvhdi reads a shrunk dynamic disk");
+                    assert!(all[current as usize..].iter().all(|&b| b == 0), "{what}");
                 }
             }
         }
