@@ -428,6 +428,18 @@ impl Image {
         Ok(!self.batmap_regions(bat_end)?.is_empty())
     }
 
+    /// How many blocks Xen's batmap has a bit for (eight per byte of its
+    /// map), when the file has one.
+    pub(crate) fn batmap_blocks(&self) -> Result<Option<u64>> {
+        let h = &self.sparse()?.header;
+        let bat_end = h.table_offset + bat_size_on_disk(h.max_table_entries);
+        Ok(self
+            .batmap_regions(bat_end)?
+            .iter()
+            .find(|r| r.what == Use::Metadata("Xen's batmap"))
+            .map(|r| (r.end - r.start) * 8))
+    }
+
     /// The allocated BAT entries past the end of the disk (the table may
     /// be longer than the disk needs), read 64 KiB at a time.
     pub(crate) fn entries_past_disk(&self) -> Result<Vec<(usize, u32)>> {

@@ -259,14 +259,19 @@ fn resize_dynamic(
     new: &Footer,
     report: &mut ResizeReport,
 ) -> Result<()> {
-    if img.has_batmap()? {
+    let block_size = u64::from(img.block_size().unwrap_or(1));
+    let new_blocks = new.current_size.div_ceil(block_size);
+    // Xen's batmap (a bit per block: "fully allocated") stays valid as
+    // long as it has a bit for every block; a table that must grow over
+    // its header is refused by the table's growth.
+    if let Some(covered) = img.batmap_blocks()?
+        && covered < new_blocks
+    {
         return Err(refused(format!(
-            "{} has Xen's batmap, which would no longer match the disk (use vhd-util resize)",
+            "{}: Xen's batmap has bits for {covered} blocks, and the disk would have {new_blocks} (use vhd-util resize)",
             img.name()
         )));
     }
-    let block_size = u64::from(img.block_size().unwrap_or(1));
-    let new_blocks = new.current_size.div_ceil(block_size);
     if new.current_size < old.current_size {
         shrink_dynamic(img, new, new_blocks, report)
     } else {
@@ -324,7 +329,9 @@ fn shrink_dynamic(
         .cloned()
         .ok_or_else(|| Error::InvalidArgument("a dynamic image has a header".into()))?;
     let entries = u32::try_from(new_blocks).unwrap_or(u32::MAX);
-    if header.max_table_entries > entries {
+    // With Xen's batmap right after the table, the table keeps its length:
+    // the batmap is found where the table ends.
+    if header.max_table_entries > entries && !img.has_batmap()? {
         header.max_table_entries = entries;
         img.write_header(&header)?;
         report.blocks_moved = super::compact::fill_holes_and_cut(img)?;

@@ -595,3 +595,83 @@ pub fn rules_of(bytes: Vec<u8>) -> Vec<&'static str> {
     ids.dedup();
     ids
 }
+
+/// The directory of the conformance corpus.
+pub fn corpora() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpora")
+}
+
+/// A private copy of a corpus case (the case's directory for a chain, the
+/// one file otherwise) in a fresh temporary directory, with every `.gz`
+/// unpacked (runs of zeros become holes). Returns the directory and the
+/// path of the case's image in it.
+pub fn corpus_copy(file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let unpacked = |name: &str| name.strip_suffix(".gz").unwrap_or(name).to_string();
+    let src = corpora();
+    fn walk(root: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(root.join(rel)).expect("a corpus directory") {
+            let e = e.expect("an entry");
+            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+            if e.file_type().expect("a file type").is_dir() {
+                walk(root, &name, out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    match file.split_once('/') {
+        Some((dir, _)) => walk(&src, dir, &mut files),
+        None => files.push(file.to_string()),
+    }
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    for f in &files {
+        let to = temp.path().join(unpacked(f));
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        let input = std::fs::File::open(src.join(f)).expect("a corpus file");
+        let mut reader: Box<dyn Read> = if f.ends_with(".gz") {
+            Box::new(flate2::read::GzDecoder::new(input))
+        } else {
+            Box::new(input)
+        };
+        let mut out = std::fs::File::create(&to).expect("a copy");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut len = 0u64;
+        loop {
+            let n = reader.read(&mut buf).expect("reading a corpus file");
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().all(|&b| b == 0) {
+                out.seek(SeekFrom::Current(n as i64)).expect("seek");
+            } else {
+                out.write_all(&buf[..n]).expect("write");
+            }
+            len += n as u64;
+        }
+        out.set_len(len).expect("set_len");
+    }
+    let path = temp.path().join(unpacked(file));
+    (temp, path)
+}
+
+/// SHA-256 of the guest contents of an open image, in hex.
+pub fn contents_sha256(img: &mut Image) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let size = img.size();
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(buf.len() as u64) as usize;
+        img.read_at(pos, &mut buf[..n]).expect("reading the disk");
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    hasher.finalize().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
