@@ -1,5 +1,5 @@
 //! Every image of the conformance corpus that opens (real writers: Hyper-V
-//! and Windows, Virtual PC, Virtual Server, disk2vhd, VirtualBox, QEMU,
+//! and Windows, Virtual PC, Virtual Server, disk2vhd, `VirtualBox`, QEMU,
 //! Xen's blktap, Azure tooling, pyvhd; and the generator's variants) goes
 //! through each operation on a private copy, and keeps reading as its
 //! manifest's SHA-256 says (the expected contents come from the writer's
@@ -51,11 +51,12 @@ fn sha(path: &std::path::Path) -> String {
     contents_sha256(&mut Image::open(path).expect("opens"))
 }
 
+/// Looks at the result of an operation on a case (given the rules its
+/// image broke before): `Some` says what is wrong.
+type Judge = dyn Fn(&Value, &std::path::Path, BTreeSet<Rule>, vhdref::Result<()>) -> Option<String>;
+
 /// Runs `op` on a copy of every case; `judge` looks at the result.
-fn each_case(
-    op: &dyn Fn(&std::path::Path) -> vhdref::Result<()>,
-    judge: &dyn Fn(&Value, &std::path::Path, BTreeSet<Rule>, vhdref::Result<()>) -> Option<String>,
-) -> usize {
+fn each_case(op: &dyn Fn(&std::path::Path) -> vhdref::Result<()>, judge: &Judge) -> usize {
     let mut failures = Vec::new();
     let mut done = 0;
     for case in open_cases() {

@@ -601,6 +601,19 @@ pub fn corpora() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpora")
 }
 
+/// The files under `root/rel`, recursively, as paths relative to `root`.
+fn walk(root: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(root.join(rel)).expect("a corpus directory") {
+        let e = e.expect("an entry");
+        let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+        if e.file_type().expect("a file type").is_dir() {
+            walk(root, &name, out);
+        } else {
+            out.push(name);
+        }
+    }
+}
+
 /// A private copy of a corpus case (the case's directory for a chain, the
 /// one file otherwise) in a fresh temporary directory, with every `.gz`
 /// unpacked (runs of zeros become holes). Returns the directory and the
@@ -609,17 +622,6 @@ pub fn corpus_copy(file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     use std::io::{Read, Seek, SeekFrom, Write};
     let unpacked = |name: &str| name.strip_suffix(".gz").unwrap_or(name).to_string();
     let src = corpora();
-    fn walk(root: &std::path::Path, rel: &str, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(root.join(rel)).expect("a corpus directory") {
-            let e = e.expect("an entry");
-            let name = format!("{rel}/{}", e.file_name().to_string_lossy());
-            if e.file_type().expect("a file type").is_dir() {
-                walk(root, &name, out);
-            } else {
-                out.push(name);
-            }
-        }
-    }
     let mut files = Vec::new();
     match file.split_once('/') {
         Some((dir, _)) => walk(&src, dir, &mut files),
@@ -630,7 +632,10 @@ pub fn corpus_copy(file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let to = temp.path().join(unpacked(f));
         std::fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
         let input = std::fs::File::open(src.join(f)).expect("a corpus file");
-        let mut reader: Box<dyn Read> = if f.ends_with(".gz") {
+        let gz = std::path::Path::new(f)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        let mut reader: Box<dyn Read> = if gz {
             Box::new(flate2::read::GzDecoder::new(input))
         } else {
             Box::new(input)
@@ -644,7 +649,8 @@ pub fn corpus_copy(file: &str) -> (tempfile::TempDir, std::path::PathBuf) {
                 break;
             }
             if buf[..n].iter().all(|&b| b == 0) {
-                out.seek(SeekFrom::Current(n as i64)).expect("seek");
+                out.seek(SeekFrom::Current(i64::try_from(n).expect("a chunk fits")))
+                    .expect("seek");
             } else {
                 out.write_all(&buf[..n]).expect("write");
             }
