@@ -343,3 +343,67 @@ fn every_operation_documents_itself_with_an_example() {
     let out = vhd_ok(dir.path(), &["check", "--help"]);
     assert!(stdout(&out).contains("--profile"), "{}", stdout(&out));
 }
+
+#[test]
+fn the_readme_shows_each_operation_with_an_example() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for example in [
+        "vhd repair disk.vhd",
+        "vhd resize disk.vhd 40G",
+        "vhd compact disk.vhd",
+        "vhd rebase child.vhd",
+        "--align 1M",
+        "--profile azure",
+    ] {
+        assert!(
+            readme.contains(example),
+            "README.md has no example {example:?}"
+        );
+    }
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/spec/operations.md"))
+        .unwrap();
+    for cited in [
+        "relocate_blocks",
+        "write_bat_entries",
+        "set_data_end",
+        "cut_to",
+        "make_room",
+        "grow_table",
+        "write_header",
+        "write_footer",
+        "rewrite_bitmap",
+        "write_unreferenced",
+        "prepare_maintenance",
+    ] {
+        let source = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/image/maintenance.rs"
+        ))
+        .unwrap();
+        assert!(
+            spec.contains(cited),
+            "spec/operations.md does not cite {cited}"
+        );
+        assert!(
+            source.contains(&format!("fn {cited}(")),
+            "maintenance.rs has no fn {cited}"
+        );
+    }
+    for test in [
+        "a_dynamic_image_grows_by_moving_its_first_blocks_after_the_last",
+        "a_fixed_image_grows_and_its_footer_moves",
+        "a_safe_rebase_survives_a_fault_at_every_point",
+    ] {
+        assert!(
+            spec.contains(test),
+            "spec/operations.md does not cite {test}"
+        );
+        let found = ["ops_resize.rs", "ops_rebase.rs"].iter().any(|f| {
+            std::fs::read_to_string(format!("{}/tests/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+                .contains(&format!("fn {test}()"))
+        });
+        assert!(found, "no test {test}");
+    }
+}
