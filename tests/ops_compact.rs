@@ -373,3 +373,69 @@ fn compact_refuses_a_fixed_image() {
     let e = compact_image(&mut img).unwrap_err();
     assert!(e.to_string().contains("nothing to compact"), "{e}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 6, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Random writes of data and of zeros, a leak or none: compact keeps
+    /// the contents (the model's) under every fault, and leaves no leak.
+    #[test]
+    fn compact_of_random_images_keeps_every_promise(
+        writes in proptest::collection::vec((0u64..SIZE / SECTOR, 1u64..300, proptest::prelude::any::<bool>()), 1..10),
+        leak in proptest::prelude::any::<bool>(),
+    ) {
+        let mem = MemStorage::new();
+        let mut model = Disk::new(SIZE);
+        let mut img = CreateOptions::new(DiskType::Dynamic, SIZE)
+            .block_size(BLOCK)
+            .create_in(Box::new(mem.clone()), "image.vhd", None)
+            .unwrap();
+        for (i, (sector, sectors, zeros)) in writes.into_iter().enumerate() {
+            let len = (sectors * SECTOR).min(SIZE - sector * SECTOR) as usize;
+            let data = if zeros { vec![0u8; len] } else { pattern(len, i as u8) };
+            img.write_at(sector * SECTOR, &data).unwrap();
+            model.write(sector * SECTOR, &data);
+        }
+        img.close().unwrap();
+        if leak {
+            let mut img = OpenOptions::new().write(true).open_storage(Box::new(mem.clone()), "image.vhd").unwrap();
+            let block = (0..SIZE / u64::from(BLOCK)).find(|&b| img.bat().unwrap()[b as usize] == vhdref::format::UNALLOCATED);
+            if let Some(b) = block {
+                img.write_at(b * u64::from(BLOCK), &pattern(512, 0xEE)).unwrap();
+            }
+            std::mem::forget(img);
+        }
+        let bytes = mem.to_vec();
+        let disk = disk_of(&model);
+        prove("random compact", &bytes, &Parents::none(), &Contents::unchanged(disk), &compact_in);
+        let after = FaultStorage::from_bytes(bytes);
+        proptest::prop_assert!(compact_in(&after, &Parents::none()));
+        proptest::prop_assert!(!rules_of(after.durable()).contains(&"FILE-LEAK"));
+    }
+}
+
+#[test]
+fn compacting_a_parent_keeps_its_children_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhd");
+    let mut img = CreateOptions::new(DiskType::Dynamic, SIZE)
+        .block_size(BLOCK)
+        .create(&base)
+        .unwrap();
+    img.write_at(0, &[0u8; 8192]).unwrap();
+    img.write_at(2 * MIB, &pattern(9000, 4)).unwrap();
+    img.close().unwrap();
+    let child = dir.path().join("child.vhd");
+    let mut c = CreateOptions::differencing(&base).create(&child).unwrap();
+    c.write_at(MIB, &pattern(700, 5)).unwrap();
+    c.close().unwrap();
+    let before = support::contents_sha256(&mut Image::open(&child).unwrap());
+    let report = vhdref::ops::compact(&base, OpenOptions::new()).unwrap();
+    assert_eq!(report.blocks_released, 1);
+    let report = vhdref::check::check(&child, &vhdref::check::CheckOptions::new());
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    assert_eq!(
+        support::contents_sha256(&mut Image::open(&child).unwrap()),
+        before
+    );
+}

@@ -411,3 +411,37 @@ fn the_checksum_fixes_only_touch_their_fields() {
     set_footer_checksum(&mut footer);
     assert_eq!(&footer[..], &clean[n - 512..]);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Damage anywhere in the metadata (the first 2 KiB and the last
+    /// 512 bytes): repair never panics, writes nothing when it refuses
+    /// (or in a dry run), and what it writes has no error left.
+    #[test]
+    fn repair_of_random_damage_never_makes_things_worse(
+        flips in proptest::collection::vec((0usize..2560, 1u8..=255), 1..5),
+        fix_checksums in proptest::prelude::any::<bool>(),
+        dry_run in proptest::prelude::any::<bool>(),
+    ) {
+        let clean = dynamic().build();
+        let mut broken = clean.clone();
+        let n = broken.len();
+        for (at, x) in flips {
+            let at = if at < 2048 { at } else { n - 2560 + at };
+            broken[at] ^= x;
+        }
+        let options = RepairOptions::new().fix_checksums(fix_checksums).dry_run(dry_run);
+        let mem = MemStorage::from_bytes(broken.clone());
+        if let Ok((report, _)) = repair_storage(Box::new(mem.clone()), "image.vhd", &options) {
+            let after = mem.to_vec();
+            if report.written {
+                let report = vhdref::check::check_storage(&mem, "image.vhd", &vhdref::check::CheckOptions::new());
+                proptest::prop_assert_eq!(report.errors(), 0, "{:?}", report.findings);
+            } else {
+                proptest::prop_assert!(after == broken, "wrote without reporting it");
+            }
+            proptest::prop_assert!(!(dry_run && report.written));
+        }
+    }
+}
