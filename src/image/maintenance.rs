@@ -695,8 +695,8 @@ impl Image {
                 unreachable!("filtered on metadata")
             };
             return Err(Error::InvalidArgument(format!(
-                "{}: {what} at {:#x} lies where the room is needed ({start:#x}..{end:#x})",
-                self.name, r.start
+                "{what} at {:#x} lies where the room is needed ({start:#x}..{end:#x})",
+                r.start
             )));
         }
         let in_the_way: Vec<usize> = regions
@@ -710,8 +710,7 @@ impl Image {
             .collect::<std::result::Result<_, usize>>()
             .map_err(|b| {
                 Error::InvalidArgument(format!(
-                    "{}: the block of BAT entry {b}, past the end of the disk, lies where the room is needed",
-                    self.name
+                    "the block of BAT entry {b}, past the end of the disk, lies where the room is needed"
                 ))
             })?;
         let span = self.block_span()?;
@@ -860,8 +859,7 @@ impl Image {
         let len = self.file_len()?;
         if !at.is_multiple_of(SECTOR_SIZE) || len != at + FOOTER_SIZE as u64 {
             return Err(Error::InvalidArgument(format!(
-                "{}: the trailing footer at {at:#x} is not one whole sector at the end; repair the image first",
-                self.name
+                "the trailing footer at {at:#x} is not one whole sector at the end; repair the image first"
             )));
         }
         let old = self.trailing_footer_raw()?;

@@ -81,10 +81,9 @@ pub fn compact(path: impl AsRef<Path>, options: OpenOptions) -> Result<CompactRe
 /// which order.
 pub fn compact_image(img: &mut Image) -> Result<CompactReport> {
     if img.disk_type() == DiskType::Fixed {
-        return Err(Error::InvalidArgument(format!(
-            "{} is a fixed image: all of its space is the disk, there is nothing to compact",
-            img.name()
-        )));
+        return Err(Error::InvalidArgument(
+            "a fixed image: all of its space is the disk, there is nothing to compact".into(),
+        ));
     }
     img.prepare_maintenance()?;
     let file_size_before = img.file_len()?;

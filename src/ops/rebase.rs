@@ -202,8 +202,7 @@ pub fn rebase_image(
 ) -> Result<RebaseReport> {
     if child.disk_type() != DiskType::Differencing {
         return Err(Error::InvalidArgument(format!(
-            "{} is a {} image; only a differencing image has a parent to change",
-            child.name(),
+            "a {} image; only a differencing image has a parent to change",
             child.disk_type().name()
         )));
     }
@@ -232,10 +231,9 @@ pub fn rebase_image(
     };
     if mode == RebaseMode::Safe {
         if child.parent().is_none() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: a safe rebase reads the old parent, which was not opened",
-                child.name()
-            )));
+            return Err(Error::InvalidArgument(
+                "a safe rebase reads the old parent, which was not opened".into(),
+            ));
         }
         let allocated = |img: &Image| img.block_counts().map_or(0, |c| c.1 as u64);
         let before = allocated(child);

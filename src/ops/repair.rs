@@ -167,7 +167,7 @@ pub fn repair_storage(
         return Err(Error::Refused {
             operation: "repair".into(),
             reason: format!(
-                "{name} cannot be judged at all, so nothing can be repaired from it: {}",
+                "the image cannot be judged at all, so nothing can be repaired from it: {}",
                 why.message
             ),
         });

@@ -199,10 +199,9 @@ pub fn resize(
 /// Resizes an image open for writing. See the module documentation.
 pub fn resize_image(img: &mut Image, options: &ResizeOptions) -> Result<ResizeReport> {
     if img.disk_type() == DiskType::Differencing {
-        return Err(refused(format!(
-            "{} is a differencing image: it has the size of its parent and cannot change size apart from it (resize the base, then make new children)",
-            img.name()
-        )));
+        return Err(refused(
+            "a differencing image has the size of its parent and cannot change size apart from it (resize the base, then make new children)",
+        ));
     }
     img.prepare_maintenance()?;
     let old = img.footer().clone();
@@ -268,8 +267,7 @@ fn resize_dynamic(
         && covered < new_blocks
     {
         return Err(refused(format!(
-            "{}: Xen's batmap has bits for {covered} blocks, and the disk would have {new_blocks} (use vhd-util resize)",
-            img.name()
+            "Xen's batmap has bits for {covered} blocks, and the disk would have {new_blocks} (use vhd-util resize)"
         )));
     }
     if new.current_size < old.current_size {
@@ -393,8 +391,7 @@ fn check_nothing_past(img: &mut Image, end: u64) -> Result<()> {
     if let Some(&first) = allocated.first() {
         let from = first as u64 * block_size;
         return Err(refused(format!(
-            "{}: {} past the new end hold data: block {first} (guest bytes {from}..{}){}; they would be lost (if they hold only zeros, vhd compact releases them)",
-            img.name(),
+            "{} past the new end hold data: block {first} (guest bytes {from}..{}){}; they would be lost (if they hold only zeros, vhd compact releases them)",
             crate::error::count(
                 allocated.len() as u64,
                 "allocated block",
@@ -426,8 +423,7 @@ fn check_nothing_past(img: &mut Image, end: u64) -> Result<()> {
             img.read_file_at(chunk, data + from)?;
             if let Some(k) = chunk.iter().position(|&b| b != 0) {
                 return Err(refused(format!(
-                    "{}: guest byte {} past the new end holds data; it would be lost",
-                    img.name(),
+                    "guest byte {} past the new end holds data; it would be lost",
                     base + from + k as u64
                 )));
             }
@@ -530,8 +526,7 @@ fn check_zeros(img: &Image, from: u64, to: u64) -> Result<()> {
         img.read_file_at(&mut buf, pos)?;
         if let Some(k) = buf.iter().position(|&b| b != 0) {
             return Err(refused(format!(
-                "{}: guest byte {} past the new end holds data; it would be lost",
-                img.name(),
+                "guest byte {} past the new end holds data; it would be lost",
                 pos + k as u64
             )));
         }
