@@ -439,3 +439,41 @@ fn compacting_a_parent_keeps_its_children_valid() {
         before
     );
 }
+
+#[test]
+fn a_trailing_footer_off_a_sector_boundary_is_moved_up_first() {
+    // 100 stray bytes before the footer (FILE-TAIL): the footer starts
+    // inside a sector. Compact moves it to the next boundary (one write
+    // inside one sector), zeroes what it leaves, and goes on.
+    let builder = VhdBuilder::dynamic(8 * 4096)
+        .block_size(4096)
+        .block(0, Bits::All, &pattern(4096, 1))
+        .block(5, Bits::All, &[]);
+    let (clean, layout) = builder.build_with_layout();
+    let at = layout.footer_offset as usize;
+    let mut bytes = clean[..at].to_vec();
+    bytes.extend(vec![0x3C; 100]);
+    bytes.extend(&clean[at..]);
+    assert_eq!(rules_of(bytes.clone()), ["FILE-TAIL"]);
+    let disk = builder.expected(&[]);
+    let mem = MemStorage::from_bytes(bytes.clone());
+    let mut img = OpenOptions::new()
+        .write(true)
+        .open_storage(Box::new(mem.clone()), "image.vhd")
+        .unwrap();
+    compact_image(&mut img).unwrap();
+    img.close().unwrap();
+    assert!(
+        rules_of(mem.to_vec()).is_empty(),
+        "{:?}",
+        rules_of(mem.to_vec())
+    );
+    assert_eq!(mem.to_vec().len() % 512, 0);
+    prove(
+        "compact, footer off a boundary",
+        &bytes,
+        &Parents::none(),
+        &Contents::unchanged(disk),
+        &compact_in,
+    );
+}

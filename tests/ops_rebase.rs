@@ -15,7 +15,7 @@ use vhdref::storage::{FaultStorage, MemStorage};
 use vhdref::{CreateOptions, DiskType, Image, OpenOptions};
 
 const BLOCK: u32 = 512 * 1024;
-const SIZE: u64 = 4 * MIB;
+const SIZE: u64 = 2 * MIB;
 
 fn make_parent(writes: &[(u64, Vec<u8>)], id: u128) -> (Vec<u8>, Disk) {
     let mem = MemStorage::new();
@@ -54,8 +54,8 @@ fn fixture() -> Fixture {
         &[
             (0, shared.clone()),
             (b + 1000, pattern(5000, 2)),
-            (3 * b, pattern(b as usize, 3)),
-            (6 * b + 512, pattern(4096, 4)),
+            (2 * b, pattern(b as usize / 2, 3)),
+            (3 * b + 512, pattern(4096, 4)),
         ],
         0xA,
     );
@@ -63,8 +63,8 @@ fn fixture() -> Fixture {
         &[
             (0, shared),
             (b + 3000, pattern(9000, 5)),
-            (5 * b, pattern(2048, 6)),
-            (6 * b + 512, pattern(4096, 4)),
+            (2 * b + b / 2, pattern(2048, 6)),
+            (3 * b + 512, pattern(4096, 4)),
         ],
         0xB,
     );
@@ -83,9 +83,9 @@ fn fixture() -> Fixture {
         )
         .unwrap();
     for (offset, data) in [
-        (b + 2048, pattern(4096, 7)),   // over a difference
-        (3 * b + 100, pattern(700, 8)), // over a's data, b's zeros
-        (7 * b + 10, pattern(100, 9)),  // where neither has data
+        (b + 2048, pattern(4096, 7)),    // over a difference
+        (2 * b + 100, pattern(700, 8)),  // over a's data, b's zeros
+        (3 * b + 8192, pattern(100, 9)), // where neither has data
     ] {
         child.write_at(offset, &data).unwrap();
         model.write(offset, &data);

@@ -223,16 +223,13 @@ impl Image {
             });
         }
         self.flush()?;
-        let Layout::Sparse(sparse) = &self.layout else {
+        if matches!(self.layout, Layout::Fixed) {
             return Ok(());
-        };
+        }
         // Blocks allocated since the image was opened moved the footer
         // (the driver keeps only `next_free` up to date): the trailing
         // footer is the last 512 bytes of the file.
-        let len = self.file_len()?;
-        let at = len
-            .saturating_sub(FOOTER_SIZE as u64)
-            .max(sparse.next_free.min(len));
+        let at = self.file_len()?.saturating_sub(FOOTER_SIZE as u64);
         self.footer_offset = at;
         if at.is_multiple_of(SECTOR_SIZE) {
             return Ok(());
