@@ -954,3 +954,48 @@ impl Image {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Geometry, Timestamp};
+
+    fn footer() -> Footer {
+        Footer {
+            features: 2,
+            file_format_version: 0x0001_0000,
+            data_offset: 512,
+            time_stamp: Timestamp(7),
+            creator_application: *b"tap\0",
+            creator_version: 1,
+            creator_host_os: *b"Wi2k",
+            original_size: 1 << 20,
+            current_size: 1 << 20,
+            disk_geometry: Geometry::for_size(1 << 20),
+            disk_type: DiskType::Dynamic,
+            unique_id: uuid::Uuid::from_u128(5),
+            saved_state: false,
+        }
+    }
+
+    #[test]
+    fn a_rewritten_footer_keeps_the_writers_reserved_bytes_and_a_valid_checksum() {
+        let mut old = footer().to_bytes();
+        old[FOOTER_RESERVED] = 1; // Xen's hidden flag
+        set_checksum(&mut old, FOOTER_CHECKSUM);
+        let grown = Footer {
+            current_size: 2 << 20,
+            ..footer()
+        };
+        let bytes = footer_bytes_keeping(&grown, &old);
+        assert_eq!(bytes[FOOTER_RESERVED], 1);
+        let parsed = Footer::parse(&bytes).expect("the checksum holds");
+        assert_eq!(parsed.current_size, 2 << 20);
+    }
+
+    #[test]
+    fn a_data_offset_switch_keeps_the_footer_valid() {
+        let bytes = with_data_offset(&footer().to_bytes(), 0x4000);
+        assert_eq!(Footer::parse(&bytes).expect("valid").data_offset, 0x4000);
+    }
+}
