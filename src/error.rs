@@ -265,6 +265,15 @@ pub enum Error {
     /// An argument the caller gave is not usable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A maintenance operation (see `crate::ops`) that would lose data or
+    /// cannot be done safely, refused before anything was written.
+    #[error("{operation} refused: {reason}")]
+    Refused {
+        /// The operation, e.g. `resize`.
+        operation: String,
+        /// Why, with what would be lost.
+        reason: String,
+    },
 }
 
 /// Broad classes of [`Error`] for callers that branch on them.
@@ -328,7 +337,8 @@ impl Error {
             | Error::ReadOnly { .. }
             | Error::OutOfRange { .. }
             | Error::SizeLimit { .. }
-            | Error::InvalidArgument(_) => return None,
+            | Error::InvalidArgument(_)
+            | Error::Refused { .. } => return None,
         })
     }
 
@@ -346,9 +356,10 @@ impl Error {
             Error::Locked { .. } => ErrorKind::Locked,
             Error::ReadOnly { .. } => ErrorKind::ReadOnly,
             Error::OutOfRange { .. } => ErrorKind::OutOfRange,
-            Error::SizeLimit { .. } | Error::InvalidArgument(_) | Error::NotAFile { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            Error::SizeLimit { .. }
+            | Error::InvalidArgument(_)
+            | Error::NotAFile { .. }
+            | Error::Refused { .. } => ErrorKind::InvalidArgument,
             _ => ErrorKind::Corrupt,
         }
     }

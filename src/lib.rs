@@ -34,6 +34,7 @@ pub mod image;
 pub mod model;
 #[cfg(target_os = "linux")]
 pub mod mount;
+pub mod ops;
 pub mod rules;
 pub mod serve;
 pub mod storage;

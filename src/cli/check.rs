@@ -24,10 +24,11 @@ use super::output::{Failure, escape, print, print_json, report as report_failure
 /// so one run lists everything wrong. Exit status: 0 clean, 2 errors
 /// (corruption or a spec violation; `open` refuses such an image), 3 only
 /// warnings (2 with --strict), 1 could not check (not a VHD, unreadable,
-/// in use by a writer).
+/// in use by a writer). With --profile, also what a service would refuse
+/// in an otherwise valid image (its findings count as errors).
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  vhd check disk.vhd\n  vhd check disk.vhd --output junit > check.xml\n  vhd check child.vhd --output json | jq '.findings[].rule'"
+    after_help = "Example:\n  vhd check disk.vhd\n  vhd check disk.vhd --output junit > check.xml\n  vhd check child.vhd --output json | jq '.findings[].rule'\n  vhd check upload.vhd --profile azure"
 )]
 pub struct CheckArgs {
     /// The image.
@@ -45,9 +46,20 @@ pub struct CheckArgs {
     /// Judge this image only, not its parents.
     #[arg(long)]
     pub no_parents: bool,
+    /// Also report what this service would refuse (rules of the profile,
+    /// e.g. AZURE-FIXED; not rules of the format).
+    #[arg(long, value_enum, value_name = "SERVICE")]
+    pub profile: Option<Profile>,
     /// How the parent of a differencing image is found.
     #[command(flatten)]
     pub parent: ParentArgs,
+}
+
+/// Services `check --profile` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// Azure: fixed VHDs, a whole number of MiB, 20 MiB to 32 TiB.
+    Azure,
 }
 
 /// Output formats of `check`.
@@ -81,11 +93,43 @@ fn options(args: &CheckArgs) -> CheckOptions {
 /// Runs `vhd check`.
 pub fn run(args: &CheckArgs) -> CmdResult {
     let report = check::check(&args.image, &options(args));
-    let code = report.exit_code(args.strict);
+    let mut code = report.exit_code(args.strict);
+    // The profile judges what the footer says; an image the checker could
+    // not judge has no profile findings (the error line says why).
+    let profile = match args.profile {
+        Some(Profile::Azure) if report.not_checked.is_none() => {
+            crate::ops::check_azure(&args.image).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    if !profile.is_empty() && code != 1 {
+        code = 2;
+    }
     match args.output {
-        CheckOutput::Human => print(&human(&report))?,
-        CheckOutput::Json => print_json(&to_json(&report, code))?,
-        CheckOutput::Junit => print(&junit(&report))?,
+        CheckOutput::Human => {
+            let mut text = human(&report);
+            if args.profile.is_some() && report.not_checked.is_none() {
+                text.push_str(&human_profile(&profile));
+            }
+            print(&text)?;
+        }
+        CheckOutput::Json => {
+            let mut doc = to_json(&report, code);
+            if let (Some(_), Some(obj)) = (args.profile, doc.as_object_mut()) {
+                obj.insert(
+                    "profile".into(),
+                    json!({
+                        "name": "azure",
+                        "findings": profile.iter().map(|f| json!({
+                            "rule": f.rule.id(),
+                            "message": f.message,
+                        })).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            print_json(&doc)?;
+        }
+        CheckOutput::Junit => print(&junit(&report, args.profile.map(|_| profile.as_slice())))?,
     }
     if let Some(why) = &report.not_checked {
         // The library's message may start with the path; say it once.
@@ -143,6 +187,28 @@ fn human(report: &Report) -> String {
     if report.layers.len() > 1 {
         let chain: Vec<String> = report.layers.iter().map(|l| escape(&l.path)).collect();
         let _ = writeln!(out, "  chain: {}", chain.join(" -> "));
+    }
+    out
+}
+
+/// The profile's findings, for people: one line each, after the report.
+fn human_profile(found: &[crate::ops::ProfileFinding]) -> String {
+    let mut out = if found.is_empty() {
+        "  profile azure: nothing the service would refuse\n".to_string()
+    } else {
+        format!(
+            "  profile azure: the service would refuse it ({})\n",
+            crate::error::count(found.len() as u64, "finding", "findings")
+        )
+    };
+    for f in found {
+        let _ = writeln!(
+            out,
+            "  {:<7}  {}  {}",
+            "profile",
+            f.rule.id(),
+            escape(&f.message)
+        );
     }
     out
 }
@@ -213,7 +279,7 @@ fn xml(text: &str) -> String {
 /// rule of [`Rule::ALL`]; a broken rule is a `<failure>` whose type is its
 /// severity. An image that could not be checked is one test case `open`
 /// with an `<error>`.
-fn junit(report: &Report) -> String {
+fn junit(report: &Report, profile: Option<&[crate::ops::ProfileFinding]>) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let suite_name = xml(&format!("vhd check {}", report.path));
     if let Some(why) = &report.not_checked {
@@ -230,7 +296,20 @@ fn junit(report: &Report) -> String {
         .copied()
         .filter(|r| found.iter().any(|f| f.finding.rule == *r))
         .collect();
-    let (tests, failures) = (Rule::ALL.len(), broken.len());
+    let profile_rules: &[crate::ops::AzureRule] = if profile.is_some() {
+        &crate::ops::AzureRule::ALL
+    } else {
+        &[]
+    };
+    let profile = profile.unwrap_or_default();
+    let profile_broken = profile_rules
+        .iter()
+        .filter(|r| profile.iter().any(|f| f.rule == **r))
+        .count();
+    let (tests, failures) = (
+        Rule::ALL.len() + profile_rules.len(),
+        broken.len() + profile_broken,
+    );
     let _ = write!(
         out,
         "<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n  <testsuite name=\"{suite_name}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\">\n"
@@ -261,6 +340,27 @@ fn junit(report: &Report) -> String {
             xml(rule.summary()),
             text.join("\n")
         );
+    }
+    for rule in profile_rules {
+        let head = format!(
+            "    <testcase classname=\"vhd.check.profile\" name=\"{}\"",
+            xml(rule.id())
+        );
+        let mine: Vec<String> = profile
+            .iter()
+            .filter(|f| f.rule == *rule)
+            .map(|f| xml(&f.message))
+            .collect();
+        if mine.is_empty() {
+            let _ = writeln!(out, "{head}/>");
+        } else {
+            let _ = write!(
+                out,
+                "{head}>\n      <failure type=\"error\" message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml(rule.summary()),
+                mine.join("\n")
+            );
+        }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out

@@ -37,7 +37,7 @@ use super::output::{Failure, Table, human_size, print, progress, warn};
 /// sparse as the input allows. OUT must not exist unless --force is given.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  vhd convert disk.img disk.vhd\n  vhd convert disk.vhd disk.img --to raw\n  vhd convert child.vhd flat.vhd --to fixed"
+    after_help = "Example:\n  vhd convert disk.img disk.vhd\n  vhd convert disk.vhd disk.img --to raw\n  vhd convert child.vhd flat.vhd --to fixed\n  vhd convert disk.vhd upload.vhd --to fixed --align 1M"
 )]
 pub struct ConvertArgs {
     /// The input: a VHD or a raw file.
@@ -60,6 +60,10 @@ pub struct ConvertArgs {
     /// Overwrite OUT if it exists (never the input or one of its parents).
     #[arg(long, short)]
     pub force: bool,
+    /// Round the size of a fixed output up to a multiple of this (a power
+    /// of two; 1M makes what Azure takes); the added space reads as zeros.
+    #[arg(long, value_parser = super::args::parse_size, value_name = "N")]
+    pub align: Option<u64>,
 }
 
 /// Output formats of `convert`.
@@ -114,9 +118,15 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
         ));
     }
     check_output(output, input, &disk, args.force)?;
-    let out_size = match args.to {
-        Target::Raw => size,
-        Target::Fixed | Target::Dynamic => size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE,
+    let out_size = match (args.to, args.align) {
+        (Target::Raw, None) => size,
+        (Target::Fixed, Some(align)) => {
+            crate::ops::aligned_size(size, align).map_err(|e| Failure::image(output, &e))?
+        }
+        (_, Some(_)) => {
+            return Err(Failure::new(output, "--align is only for a fixed output"));
+        }
+        (Target::Fixed | Target::Dynamic, None) => size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE,
     };
     let (pending, storage) =
         PendingFile::create(output).map_err(|e| Failure::io(output, "creating the output", &e))?;
@@ -146,7 +156,7 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
     });
     match result {
         Ok((written, blocks, out_kind)) => {
-            if out_size != size {
+            if out_size != size && args.align.is_none() {
                 warn(
                     input,
                     &format!(

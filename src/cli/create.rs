@@ -20,7 +20,7 @@ use super::output::{Failure, Table, human_size, print};
 /// as `qemu-img create -f vpc` does.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  vhd create disk.vhd 10G\n  vhd create disk.vhd 512M --type fixed\n  vhd create child.vhd --parent disk.vhd"
+    after_help = "Example:\n  vhd create disk.vhd 10G\n  vhd create disk.vhd 512M --type fixed\n  vhd create azure.vhd 30000000000 --type fixed --align 1M\n  vhd create child.vhd --parent disk.vhd"
 )]
 pub struct CreateArgs {
     /// The image to create (must not exist).
@@ -41,6 +41,10 @@ pub struct CreateArgs {
     /// Make a differencing child of this image.
     #[arg(long, value_name = "PARENT")]
     pub parent: Option<PathBuf>,
+    /// Round the size of a fixed image up to a multiple of this (a power of
+    /// two; 1M makes what Azure takes).
+    #[arg(long, value_parser = parse_size, value_name = "N")]
+    pub align: Option<u64>,
 }
 
 /// Types `create` makes from a size.
@@ -73,10 +77,10 @@ pub fn run(args: &CreateArgs) -> CmdResult {
                     "--type does not go with --parent: a child of a parent is always differencing",
                 ));
             }
-            if args.size_rule != SizeRuleArg::Exact {
+            if args.size_rule != SizeRuleArg::Exact || args.align.is_some() {
                 return Err(Failure::new(
                     path,
-                    "--size-rule does not go with --parent: the size comes from the parent",
+                    "--size-rule and --align do not go with --parent: the size comes from the parent",
                 ));
             }
             let options = CreateOptions::differencing(parent.clone());
@@ -106,6 +110,21 @@ pub fn run(args: &CreateArgs) -> CmdResult {
                     "--block-size is only for dynamic and differencing images",
                 ));
             }
+            let size = match args.align {
+                None => size,
+                Some(_) if disk_type != DiskType::Fixed => {
+                    return Err(Failure::new(path, "--align is only for fixed images"));
+                }
+                Some(_) if args.size_rule == SizeRuleArg::Chs => {
+                    return Err(Failure::new(
+                        path,
+                        "--align does not go with --size-rule chs (a CHS size is not aligned)",
+                    ));
+                }
+                Some(align) => {
+                    crate::ops::aligned_size(size, align).map_err(|e| Failure::image(path, &e))?
+                }
+            };
             CreateOptions::new(disk_type, size).size_rule(match args.size_rule {
                 SizeRuleArg::Exact => SizeRule::Exact,
                 SizeRuleArg::Chs => SizeRule::Chs,

@@ -19,6 +19,7 @@ mod args;
 mod bench;
 mod check;
 mod commit;
+mod compact;
 mod compare;
 mod conform;
 mod convert;
@@ -29,6 +30,9 @@ mod map;
 #[cfg(target_os = "linux")]
 mod mount;
 mod output;
+mod rebase;
+mod repair;
+mod resize;
 mod rw;
 mod serve;
 
@@ -43,8 +47,9 @@ use output::Failure;
 #[command(
     name = "vhd",
     version,
-    about = "Inspect, check, create, convert, read and write VHD disk images",
-    long_about = "Inspect, check, create, convert, read and write Microsoft VHD 1.0 disk images \
+    about = "Inspect, check, create, convert, read, write, repair, resize, compact and rebase VHD disk images",
+    long_about = "Inspect, check, create, convert, read, write, repair, resize, compact and rebase \
+                  Microsoft VHD 1.0 disk images \
                   (fixed, dynamic and differencing).\n\n\
                   Sizes and offsets take plain bytes or a K, M, G or T suffix (powers of 1024, \
                   case-insensitive; KiB, MiB, ... also work). Errors go to stderr as one line: \
@@ -69,6 +74,10 @@ enum Command {
     Map(map::MapArgs),
     Compare(compare::CompareArgs),
     Commit(commit::CommitArgs),
+    Repair(repair::RepairArgs),
+    Resize(resize::ResizeArgs),
+    Compact(compact::CompactArgs),
+    Rebase(rebase::RebaseArgs),
     Bench(bench::BenchArgs),
     Serve(serve::ServeArgs),
     #[cfg(target_os = "linux")]
@@ -106,6 +115,10 @@ where
         Command::Map(a) => map::run(&a),
         Command::Compare(a) => compare::run(&a),
         Command::Commit(a) => commit::run(&a),
+        Command::Repair(a) => repair::run(&a),
+        Command::Resize(a) => resize::run(&a),
+        Command::Compact(a) => compact::run(&a),
+        Command::Rebase(a) => rebase::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
         #[cfg(target_os = "linux")]

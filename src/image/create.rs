@@ -367,7 +367,7 @@ fn parent_info(
 
 /// `.\x.vhd` or `..\dir\x.vhd`: `target` relative to `from_dir`, with
 /// Windows separators as Hyper-V writes them.
-fn relative_windows_path(from_dir: &Path, target: &Path) -> Option<String> {
+pub(crate) fn relative_windows_path(from_dir: &Path, target: &Path) -> Option<String> {
     let from: Vec<_> = from_dir.components().collect();
     let to: Vec<_> = target.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();

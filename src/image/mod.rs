@@ -7,6 +7,7 @@ mod create;
 mod cursor;
 mod guarded;
 mod locators;
+pub(crate) mod maintenance;
 mod map;
 mod open;
 mod parent;
@@ -14,6 +15,7 @@ mod resolver;
 mod sparse;
 
 pub use commit::CommitStats;
+pub(crate) use create::relative_windows_path;
 pub use create::{CreateOptions, SizeRule};
 pub use cursor::Cursor;
 pub(crate) use guarded::Guarded;
@@ -371,7 +373,12 @@ impl Image {
                 "write_block on a fixed image".into(),
             ));
         };
-        sparse.write_block(&mut self.storage, &self.footer_bytes, guest, data)
+        let result = sparse.write_block(&mut self.storage, &self.footer_bytes, guest, data);
+        // An allocation moved the trailing footer to the new end of file.
+        if sparse.next_free > self.footer_offset {
+            self.footer_offset = sparse.next_free;
+        }
+        result
     }
 
     /// Writes `data` (whole sectors inside one block) widened to whole

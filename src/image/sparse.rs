@@ -294,4 +294,17 @@ impl Sparse {
     pub(crate) fn bat_entry(&self, block: usize) -> u32 {
         self.entry(block)
     }
+
+    /// Takes a BAT entry that a maintenance operation wrote itself (see
+    /// `super::maintenance`): the entry in memory follows the file, its
+    /// block's cached bitmap is dropped (it is read again from the new
+    /// place when needed), and nothing becomes dirty. Only for an image
+    /// with no dirty metadata.
+    pub(crate) fn adopt_entry(&mut self, block: usize, entry: u32) {
+        if let Some(slot) = self.bat.get_mut(block) {
+            *slot = entry;
+        }
+        self.bitmaps.remove(&block);
+        self.next_hint = None;
+    }
 }
