@@ -14,7 +14,7 @@ const VHD: &str = env!("CARGO_BIN_EXE_vhd");
 /// Two identical empty 64 MiB dynamic images, one per tool.
 fn twin_images(dir: &Path, block_size: &str) {
     run_ok(
-        &mut cmd(
+        cmd(
             VHD,
             ["create", "ours.vhd", "64M", "--block-size", block_size],
         )
@@ -41,11 +41,11 @@ fn qemu_offsets(offset: u64, step: u64, size: u64, count: u64) -> Vec<u64> {
 fn same_run_same_image(dir: &Path, args: &[&str]) {
     let mut ours = vec!["bench", "ours.vhd"];
     ours.extend_from_slice(args);
-    run_ok(&mut cmd(VHD, &ours).current_dir(dir));
+    run_ok(cmd(VHD, &ours).current_dir(dir));
     let mut theirs = vec!["bench", "-f", "vpc", "qemu.vhd"];
     theirs.extend_from_slice(args);
-    run_ok(&mut cmd("qemu-img", &theirs).current_dir(dir));
-    let out = run(&mut cmd(
+    run_ok(cmd("qemu-img", &theirs).current_dir(dir));
+    let out = run(cmd(
         "qemu-img",
         ["compare", "-f", "vpc", "-F", "vpc", "ours.vhd", "qemu.vhd"],
     )
@@ -57,7 +57,7 @@ fn same_run_same_image(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout)
     );
     // And vhd reads the same (it also checks qemu's image opens here).
-    let ours = run_ok(&mut cmd(VHD, ["compare", "ours.vhd", "qemu.vhd"]).current_dir(dir));
+    let ours = run_ok(cmd(VHD, ["compare", "ours.vhd", "qemu.vhd"]).current_dir(dir));
     assert!(ours.status.success());
 }
 
@@ -147,7 +147,7 @@ fn a_wrapped_request_past_the_end_fails_in_both_tools() {
     let args = ["-w", "-c", "65", "-S", "1048573", "--pattern", "1"];
     let mut ours = vec!["bench", "ours.vhd"];
     ours.extend_from_slice(&args);
-    let out = run(&mut cmd(VHD, &ours).current_dir(dir.path()));
+    let out = run(cmd(VHD, &ours).current_dir(dir.path()));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -156,7 +156,7 @@ fn a_wrapped_request_past_the_end_fails_in_both_tools() {
     );
     let mut theirs = vec!["bench", "-f", "vpc", "qemu.vhd"];
     theirs.extend_from_slice(&args);
-    let out = run(&mut cmd("qemu-img", &theirs).current_dir(dir.path()));
+    let out = run(cmd("qemu-img", &theirs).current_dir(dir.path()));
     assert_eq!(out.status.code(), Some(1), "qemu-img fails the same run");
 }
 
@@ -164,7 +164,7 @@ fn a_wrapped_request_past_the_end_fails_in_both_tools() {
 fn options_qemu_img_refuses_are_refused() {
     let dir = temp_dir();
     let d = dir.path();
-    run_ok(&mut cmd(VHD, ["create", "b.vhd", "8M"]).current_dir(d));
+    run_ok(cmd(VHD, ["create", "b.vhd", "8M"]).current_dir(d));
     for (args, says) in [
         (
             &["-c", "10", "--flush-interval", "100"][..],
@@ -179,14 +179,14 @@ fn options_qemu_img_refuses_are_refused() {
     ] {
         let mut full = vec!["bench", "b.vhd"];
         full.extend_from_slice(args);
-        let out = run(&mut cmd(VHD, &full).current_dir(d));
+        let out = run(cmd(VHD, &full).current_dir(d));
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
     }
     // -d 1 allows any interval; -f vpc is accepted as qemu-img spells it.
     run_ok(
-        &mut cmd(
+        cmd(
             VHD,
             [
                 "bench",
