@@ -200,7 +200,7 @@ impl Sink for RawSink {
 
 /// Bytes an [`OutputFile`] lets pile up in the page cache before it asks
 /// the system to start writing them to the disk.
-pub const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+pub const WRITEBACK_EVERY: u64 = 128 * 1024 * 1024;
 
 /// How durable an [`OutputFile`] is when the copy is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
