@@ -225,6 +225,8 @@ pub struct OutputFile {
     durability: Durability,
     /// Bytes written since the last write-back was started.
     unsent: u64,
+    /// The range those writes touched (start, end).
+    touched: Option<(u64, u64)>,
 }
 
 impl OutputFile {
@@ -234,6 +236,7 @@ impl OutputFile {
             file,
             durability,
             unsent: 0,
+            touched: None,
         }
     }
 }
@@ -250,11 +253,20 @@ impl Storage for OutputFile {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         self.file.write_all_at(buf, offset)?;
         if self.durability == Durability::Durable {
+            let end = offset + buf.len() as u64;
+            let (lo, hi) = self
+                .touched
+                .map_or((offset, end), |(lo, hi)| (lo.min(offset), hi.max(end)));
             self.unsent += buf.len() as u64;
+            self.touched = Some((lo, hi));
             if self.unsent >= WRITEBACK_EVERY {
+                // Only the range written since the last time: asking for
+                // the whole file each time would walk its every cached
+                // page again and again. Only a hint: if it fails, the
+                // final sync does the work.
+                let _ = self.file.start_writeback(lo, hi - lo);
                 self.unsent = 0;
-                // Only a hint: if it fails, the final sync does the work.
-                let _ = self.file.start_writeback();
+                self.touched = None;
             }
         }
         Ok(())

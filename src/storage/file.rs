@@ -89,19 +89,22 @@ impl FileStorage {
         self.writable
     }
 
-    /// Asks the system to start writing the file's changed pages to the
-    /// disk now, without waiting for them (Linux: `posix_fadvise` with
-    /// `POSIX_FADV_DONTNEED`, which starts the write-back and lets the
-    /// system drop pages already on the disk from its cache). A long
-    /// write that calls this as it goes keeps the disk busy while it
-    /// copies, so its final sync has little left to wait for. Only a
-    /// hint: it never makes anything durable, and does nothing where the
-    /// system has no such hint or the file lives in memory (tmpfs).
-    pub fn start_writeback(&self) -> io::Result<()> {
+    /// Asks the system to start writing the changed pages of bytes
+    /// `offset..offset + len` to the disk now, without waiting for them
+    /// (Linux: `posix_fadvise` with `POSIX_FADV_DONTNEED`, which starts
+    /// their write-back and drops pages of the range already on the disk
+    /// from the cache). A long write that calls this for each stretch it
+    /// finished keeps the disk busy while it goes on, so its final sync
+    /// has little left to wait for. Only a hint: it never makes anything
+    /// durable, and does nothing where the system has no such hint or the
+    /// file lives in memory (tmpfs).
+    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         #[cfg(target_os = "linux")]
-        {
-            rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed)?;
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::DontNeed)?;
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
         Ok(())
     }
 }
