@@ -2,7 +2,8 @@
 # vhd against qemu-img, side by side on the very same files, and prints one
 # table (markdown): case, file system, vhd median, qemu-img median, their
 # ratio, the floor (`cp --sparse=always` of the same input, where a copy is
-# what the case does) and vhd's time over it, and the peak RSS of each tool.
+# what the case does) and vhd's time over it, the CPU time (user + system)
+# and the peak RSS of each tool.
 # spec/performance.md explains every row; the README shows the table.
 #
 #   bash scripts/bench-vs-qemu.sh              # everything (about 10 minutes)
@@ -61,19 +62,21 @@ RSS_FILE = os.path.join(TDIR, "rss")
 
 
 def timed(argv, cwd):
-    """Wall seconds and peak RSS (KiB) of one run of argv. GNU time starts
+    """Wall seconds, CPU seconds (user + system, all threads) and peak RSS
+    (KiB) of one run of argv. GNU time starts
     it and reports its maxrss (a child forked from this Python would count
     Python's pages until its exec); the wall time is taken here, around
     the whole run (GNU time's own cost, about a millisecond, included for
     every tool alike)."""
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", RSS_FILE, *argv], cwd=cwd,
+    p = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", RSS_FILE, *argv], cwd=cwd,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(argv)}\n{p.stderr.decode(errors='replace')}")
     with open(RSS_FILE) as f:
-        return t, int(f.read().split()[-1])
+        user, system, rss = f.read().split()[-3:]
+    return t, float(user) + float(system), int(rss)
 
 
 def sparse_raw(path, size, blocks, seed):
@@ -91,6 +94,11 @@ def sparse_raw(path, size, blocks, seed):
 
 def fmt_t(t):
     return "-" if t is None else (f"{t * 1000:.0f} ms" if t < 10 else f"{t:.1f} s")
+
+
+def fmt_cpu(c):
+    # GNU time counts in hundredths of a second.
+    return "-" if c is None else f"{c:.2f} s"
 
 
 def fmt_rss(k):
@@ -115,12 +123,14 @@ def case(name, fs, cwd, ours, theirs=None, floor=None, setup=None, reps=None):
             if fs == "disk":
                 os.sync()
             res[key].append(timed(argv, cwd))
-    med = {k: (statistics.median(t for t, _ in v) if v else None) for k, v in res.items()}
-    rss = {k: (max(r for _, r in v) if v else None) for k, v in res.items()}
+    med = {k: (statistics.median(t for t, _, _ in v) if v else None) for k, v in res.items()}
+    cpu = {k: (statistics.median(c for _, c, _ in v) if v else None) for k, v in res.items()}
+    rss = {k: (max(r for _, _, r in v) if v else None) for k, v in res.items()}
     ratio = f"{med['vhd'] / med['qemu']:.2f}x" if med["qemu"] else "-"
     over_floor = f"{med['vhd'] / med['floor']:.2f}x" if med["floor"] else "-"
     row = (f"| {name} | {fs} | {fmt_t(med['vhd'])} | {fmt_t(med['qemu'])} | {ratio} | "
-           f"{fmt_t(med['floor'])} | {over_floor} | {fmt_rss(rss['vhd'])} | {fmt_rss(rss['qemu'])} |")
+           f"{fmt_t(med['floor'])} | {over_floor} | {fmt_cpu(cpu['vhd'])} | {fmt_cpu(cpu['qemu'])} | "
+           f"{fmt_rss(rss['vhd'])} | {fmt_rss(rss['qemu'])} |")
     rows.append(row)
     print(row, flush=True)
     return med
@@ -142,8 +152,8 @@ def fresh(template, target):
     return go
 
 
-print("| case | fs | vhd | qemu-img | vhd / qemu-img | floor (cp) | vhd / floor | vhd RSS | qemu-img RSS |")
-print("|---|---|---|---|---|---|---|---|---|", flush=True)
+print("| case | fs | vhd | qemu-img | vhd / qemu-img | floor (cp) | vhd / floor | vhd CPU | qemu-img CPU | vhd RSS | qemu-img RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
 
 # ---------------------------------------------------------------- converts
 # A 1 GiB disk, half full: 256 of its 512 blocks of 2 MiB hold random data.
@@ -208,8 +218,8 @@ for fs, d in (("tmpfs", TDIR), ("disk", DDIR)):
     shutil.copyfile(f"{d}/tpl.vhd", f"{d}/read.vhd")
     sh(VHD, "bench", "read.vhd", "-w", "-c", "4096", "-S", "1M", "--pattern", "7", cwd=d)
     for name, args in (
-        ("bench 4 KiB writes, one per 1 MiB (4096, each allocates)", ["-w", "-c", "4096", "-s", "4K", "-S", "1M", "--pattern", "7"]),
-        ("bench 4 KiB writes, one per 1 MiB, flush every 1000", ["-w", "-c", "4096", "-s", "4K", "-S", "1M", "--pattern", "7", "--flush-interval", "1000"]),
+        ("bench 4 KiB writes, one per 1 MiB (4096 writes, 2048 new blocks)", ["-w", "-c", "4096", "-s", "4K", "-S", "1M", "--pattern", "7"]),
+        ("bench 4 KiB writes, one per 1 MiB, flush every 1000 (qemu-img -d 64)", ["-w", "-c", "4096", "-s", "4K", "-S", "1M", "--pattern", "7", "--flush-interval", "1000"]),
         ("bench 64 KiB sequential writes (1 GiB)", ["-w", "-c", "16384", "-s", "64K", "--pattern", "7"]),
     ):
         case(name, fs, d, [VHD, "bench", "-q", "w.vhd", *args],
@@ -269,7 +279,7 @@ for gib in (1, 4, 16):
                ["sh", "-c", "cp --sparse=always sc.vhd out && sync out"], setup=rm(f"{d}/out"), reps=3)
     if med:
         print(f"|   per GiB of data | disk | {fmt_t(med['vhd'] / (gib / 2))} | {fmt_t(med['qemu'] / (gib / 2))} | | "
-              f"{fmt_t(med['floor'] / (gib / 2))} | | | |", flush=True)
+              f"{fmt_t(med['floor'] / (gib / 2))} | | | | | |", flush=True)
     rm(f"{d}/sc.vhd", f"{d}/out")()
 PY
 echo
