@@ -11,8 +11,11 @@
 #   ONLY=convert bash scripts/bench-vs-qemu.sh # only rows whose name has it
 #
 # Method: every case runs REPS times (default 5; the large scaling rows 3);
-# within a repetition the tools run one after the other (vhd, qemu-img,
-# cp), so a change of load hits all of them; the medians are printed.
+# within a repetition the tools run one after the other, the order turning
+# with each repetition (vhd, qemu-img, cp; then qemu-img, cp, vhd; ...),
+# so a change of load hits all of them; the medians are printed. Before
+# each run its input files are read once (outside the timing), so every
+# tool starts with its input in the page cache.
 # Each run is a whole process (start-up included), timed from fork to
 # exit; peak RSS is the process's maxrss. Before each run its output is
 # removed (or its starting image copied afresh) and, on the disk, `sync`
@@ -108,18 +111,34 @@ def fmt_rss(k):
 rows = []
 
 
+def warm(cwd, argv):
+    """Reads every existing input file named in argv, so that no tool
+    finds its input out of the page cache because the one before it (or
+    another process) pushed it out."""
+    for a in (word for arg in argv for word in arg.split()):
+        p = os.path.join(cwd, a)
+        if a.endswith((".vhd", ".raw")) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                while f.readinto(WARM_BUF):
+                    pass
+
+
+WARM_BUF = bytearray(8 * MIB)
+
+
 def case(name, fs, cwd, ours, theirs=None, floor=None, setup=None, reps=None):
-    """Runs one row: ours/theirs/floor are argv lists (or None)."""
+    """Runs one row: ours/theirs/floor are argv lists (or None). The order
+    of the tools turns with each repetition."""
     if ONLY and ONLY not in name:
         return
     reps = reps or REPS
     res = {"vhd": [], "qemu": [], "floor": []}
-    for _ in range(reps):
-        for key, argv in (("vhd", ours), ("qemu", theirs), ("floor", floor)):
-            if argv is None:
-                continue
+    tools = [(k, a) for k, a in (("vhd", ours), ("qemu", theirs), ("floor", floor)) if a is not None]
+    for rep in range(reps):
+        for key, argv in tools[rep % len(tools):] + tools[:rep % len(tools)]:
             if setup:
                 setup()
+            warm(cwd, argv)
             if fs == "disk":
                 os.sync()
             res[key].append(timed(argv, cwd))
