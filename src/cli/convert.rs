@@ -1,23 +1,27 @@
 //! `vhd convert`: any VHD (chain resolved) or raw file to a raw file or a
 //! fixed or dynamic VHD, sparse-aware.
 //!
-//! The copy is the library's (`crate::convert::copy`): chunks aligned to
-//! the output's blocks, stretches without data skipped, only pieces that
-//! are not all zeros written. So unallocated input stays unallocated in a
+//! The copy is the library's (`crate::convert::copy`): 2 MiB chunks,
+//! stretches without data skipped, only pieces that are not all zeros
+//! written. So unallocated input stays unallocated in a
 //! dynamic output, and raw and fixed outputs (made with `set_len`, sparse
 //! files where the system allows) get holes where the disk reads zeros.
+//!
+//! The input is read in one thread while the output is written in
+//! another (`convert::Mode::Overlapped`), through a few 2 MiB buffers.
 //!
 //! The output has no name while it is written (`O_TMPFILE` on Linux; a
 //! hidden temporary name elsewhere) and is linked in as OUT only when
 //! complete and synced: an interrupted, failed or killed convert leaves no
 //! half-written OUT and no temporary file, and with --force the old OUT
-//! survives a failure and is replaced in one step.
+//! survives a failure and is replaced in one step. With `-t unsafe` the
+//! syncs are skipped (see `Cache`).
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use crate::convert::{self, RawSink, Side};
+use crate::convert::{self, Durability, OutputFile, RawSink, Side};
 use crate::format::SECTOR_SIZE;
 use crate::storage::{FileStorage, OpenError, PendingFile, Storage};
 use crate::{CreateOptions, DiskType, Image};
@@ -35,6 +39,9 @@ use super::output::{Failure, Table, human_size, print, progress, warn};
 /// whose length is not a multiple of 512 is padded with zeros in a VHD
 /// output. Ranges that read as zeros are not written, so the output is as
 /// sparse as the input allows. OUT must not exist unless --force is given.
+///
+/// The output is durable when vhd exits (its data, its metadata and its
+/// name are synced to the disk), unless `-t unsafe` is given.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example:\n  vhd convert disk.img disk.vhd\n  vhd convert disk.vhd disk.img --to raw\n  vhd convert child.vhd flat.vhd --to fixed\n  vhd convert disk.vhd upload.vhd --to fixed --align 1M"
@@ -64,6 +71,25 @@ pub struct ConvertArgs {
     /// of two; 1M makes what Azure takes); the added space reads as zeros.
     #[arg(long, value_parser = super::args::parse_size, value_name = "N")]
     pub align: Option<u64>,
+    /// Cache mode of the output, as in `qemu-img convert -t`: writeback
+    /// (the default) makes the output durable before vhd exits; unsafe
+    /// skips every sync, for scratch outputs.
+    #[arg(short = 't', long, value_enum, default_value_t)]
+    pub cache: Cache,
+}
+
+/// How durable the output of `convert` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Cache {
+    /// Synced: when vhd exits, the data, the image's metadata and the
+    /// output's name are on the disk. Writing to the disk starts while
+    /// the copy runs, so the final sync is short.
+    #[default]
+    Writeback,
+    /// Never synced: faster where syncing costs (a real disk), but a
+    /// crash of the system soon after can lose the output or leave it
+    /// incomplete under its name. For scratch outputs only.
+    Unsafe,
 }
 
 /// Output formats of `convert`.
@@ -100,6 +126,10 @@ impl Sink {
     }
 }
 
+/// Bytes of bitmaps the input keeps in memory (one 2 MiB block's bitmap
+/// is 512 bytes).
+const SOURCE_BITMAP_CACHE: u64 = 1024 * 1024;
+
 /// Runs `vhd convert`.
 pub fn run(args: &ConvertArgs) -> CmdResult {
     let (input, output) = (&args.input, &args.output);
@@ -109,7 +139,13 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
             "--block-size is only for a dynamic output",
         ));
     }
-    let mut disk = Disk::open(input, args.from, args.parent.open_options())?;
+    // A copy reads each block once, in order: a small bitmap cache is
+    // enough and keeps memory bounded whatever the image.
+    let options = args
+        .parent
+        .open_options()
+        .bitmap_cache_bytes(SOURCE_BITMAP_CACHE);
+    let mut disk = Disk::open(input, args.from, options)?;
     let size = disk.size();
     if size == 0 && args.to != Target::Raw {
         return Err(Failure::new(
@@ -149,9 +185,11 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
             Sink::Vhd(img) => format!("{} VHD", img.disk_type().name()),
         };
         sink.finish(output)?;
-        pending
-            .persist(args.force)
-            .map_err(|e| Failure::io(output, "giving the finished output its name", &e))?;
+        match args.cache {
+            Cache::Writeback => pending.persist(args.force),
+            Cache::Unsafe => pending.persist_unsynced(args.force),
+        }
+        .map_err(|e| Failure::io(output, "giving the finished output its name", &e))?;
         Ok((written, blocks, out_kind))
     });
     match result {
@@ -221,15 +259,20 @@ fn check_output(output: &Path, input: &Path, disk: &Disk, force: bool) -> Result
     Ok(())
 }
 
-/// Makes the output in `storage` (a new, empty file); messages name `output`.
+/// Makes the output in `file` (a new, empty file); messages name `output`.
 fn create_sink(
-    mut storage: FileStorage,
+    file: FileStorage,
     output: &Path,
     args: &ConvertArgs,
     size: u64,
 ) -> Result<Sink, Failure> {
     let name = output.display().to_string();
-    let image = |options: CreateOptions, storage: FileStorage| {
+    let durability = match args.cache {
+        Cache::Writeback => Durability::Durable,
+        Cache::Unsafe => Durability::Unsafe,
+    };
+    let mut storage = OutputFile::new(file, durability);
+    let image = |options: CreateOptions, storage: OutputFile| {
         options
             .create_in(Box::new(storage), name.clone(), None)
             .map(|img| Sink::Vhd(Box::new(img)))

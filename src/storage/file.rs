@@ -88,6 +88,25 @@ impl FileStorage {
     pub fn is_writable(&self) -> bool {
         self.writable
     }
+
+    /// Asks the system to start writing the changed pages of bytes
+    /// `offset..offset + len` to the disk now, without waiting for them
+    /// (Linux: `posix_fadvise` with `POSIX_FADV_DONTNEED`, which starts
+    /// their write-back and drops pages of the range already on the disk
+    /// from the cache). A long write that calls this for each stretch it
+    /// finished keeps the disk busy while it goes on, so its final sync
+    /// has little left to wait for. Only a hint: it never makes anything
+    /// durable, and does nothing where the system has no such hint or the
+    /// file lives in memory (tmpfs).
+    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::DontNeed)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// A file being made at a path, which gets its name only when it is
@@ -147,7 +166,16 @@ impl PendingFile {
     /// `replace`, an existing file of that name is replaced atomically;
     /// without, an existing file makes this fail. The directory is synced
     /// after, so the name is durable too.
-    pub fn persist(mut self, replace: bool) -> io::Result<()> {
+    pub fn persist(self, replace: bool) -> io::Result<()> {
+        let dir = self.target.parent().map(Path::to_path_buf);
+        self.persist_unsynced(replace)?;
+        sync_dir(dir.as_deref())
+    }
+
+    /// [`PendingFile::persist`] without the sync of the directory: the name
+    /// may be lost in a crash (for outputs the caller chose not to make
+    /// durable, such as `vhd convert -t unsafe`).
+    pub fn persist_unsynced(mut self, replace: bool) -> io::Result<()> {
         match self.temp.take() {
             Some(temp) => {
                 if !replace && self.target.symlink_metadata().is_ok() {
@@ -169,7 +197,7 @@ impl PendingFile {
             None => link_unnamed(&self.handle, &self.target)?,
         }
         self.persisted = true;
-        sync_dir(self.target.parent())
+        Ok(())
     }
 }
 

@@ -1,0 +1,530 @@
+//! Every fast path of `convert` gives the bytes the plain path gives.
+//!
+//! * The overlapped copy (a reader thread and a writer thread) makes the
+//!   same writes, in the same order, with the same bytes, as the plain copy
+//!   (one chunk at a time in one thread), and both give the output the
+//!   source reads as: over generated fixed and dynamic images and chains
+//!   of depth 1 to 3, with fragmented bitmaps, zero pieces inside data, and
+//!   sizes and block sizes that do not line up with the copy's chunks.
+//! * `-t unsafe` (no sync) writes the same file as the durable default.
+//! * A failure on either side stops the overlapped copy and is reported
+//!   with its side, as in the plain copy.
+
+mod builder;
+mod common;
+
+use std::path::Path;
+
+use builder::{Bits, DataSpace, Platform, VhdBuilder};
+use common::{MIB, Rng, SECTOR, cmd, run_ok, temp_dir};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use uuid::Uuid;
+use vhdref::convert::{self, CopyStats, Durability, Mode, OutputFile, RawSink, Side, Sink, Source};
+use vhdref::storage::{FaultStorage, FileStorage, Mutation, Storage};
+use vhdref::{CreateOptions, DiskType, Error, Image, OpenOptions, Timestamp};
+
+const VHD: &str = env!("CARGO_BIN_EXE_vhd");
+
+/// An allocated block of a generated layer.
+#[derive(Debug, Clone)]
+struct BlockSpec {
+    /// Chooses the block (modulo the number of blocks).
+    pick: u32,
+    bits: BitsSpec,
+    seed: u64,
+}
+
+/// Which sectors of a block the bitmap marks.
+#[derive(Debug, Clone)]
+enum BitsSpec {
+    All,
+    None,
+    /// Every sector whose index modulo `period` is below `run`: many short
+    /// runs (a fragmented bitmap).
+    Striped {
+        period: u64,
+        run: u64,
+    },
+    /// A few sectors, chosen by the seed.
+    Scattered(u8),
+}
+
+/// A generated source disk.
+#[derive(Debug, Clone)]
+enum SourceSpec {
+    Fixed {
+        sectors: u64,
+        seed: u64,
+    },
+    /// A dynamic image and, on top of it, `layers.len() - 1` differencing
+    /// children (the last is the top).
+    Chain {
+        sectors: u64,
+        block_size: u32,
+        layers: Vec<Vec<BlockSpec>>,
+    },
+}
+
+fn bits_spec() -> impl Strategy<Value = BitsSpec> {
+    prop_oneof![
+        Just(BitsSpec::All),
+        Just(BitsSpec::None),
+        (2u64..40, 1u64..20).prop_map(|(period, run)| BitsSpec::Striped {
+            period,
+            run: run.min(period - 1)
+        }),
+        any::<u8>().prop_map(BitsSpec::Scattered),
+    ]
+}
+
+fn block_spec() -> impl Strategy<Value = BlockSpec> {
+    (any::<u32>(), bits_spec(), any::<u64>()).prop_map(|(pick, bits, seed)| BlockSpec {
+        pick,
+        bits,
+        seed,
+    })
+}
+
+fn source_spec() -> impl Strategy<Value = SourceSpec> {
+    // Up to 7 MiB: several 2 MiB chunks, and a last chunk cut short.
+    let sectors = 1u64..=7 * 2048;
+    prop_oneof![
+        (sectors.clone(), any::<u64>())
+            .prop_map(|(sectors, seed)| SourceSpec::Fixed { sectors, seed }),
+        (
+            sectors,
+            prop::sample::select(vec![4096u32, 65536, 512 * 1024, 2 * 1024 * 1024]),
+            prop::collection::vec(prop::collection::vec(block_spec(), 0..8), 1..=4),
+        )
+            .prop_map(|(sectors, block_size, layers)| SourceSpec::Chain {
+                sectors,
+                block_size,
+                layers
+            }),
+    ]
+}
+
+/// `len` bytes of data in 4 KiB pages, about a third of them zeros (so
+/// zero pieces show up inside allocated data).
+fn page_data(rng: &mut Rng, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    for page in out.chunks_mut(4096) {
+        if rng.below(3) != 0 {
+            rng.fill(page);
+        }
+    }
+    // Whole 64 KiB runs of zeros too, now and then.
+    if len >= 256 * 1024 && rng.below(2) == 0 {
+        let at = rng.below((len - 128 * 1024) as u64) as usize;
+        out[at..at + 128 * 1024].fill(0);
+    }
+    out
+}
+
+fn bits(spec: &BitsSpec, sectors_per_block: u64) -> Bits {
+    match spec {
+        BitsSpec::All => Bits::All,
+        BitsSpec::None => Bits::None,
+        BitsSpec::Striped { period, run } => Bits::Sectors(
+            (0..sectors_per_block)
+                .filter(|s| s % period < *run)
+                .collect(),
+        ),
+        BitsSpec::Scattered(seed) => {
+            let mut rng = Rng::new(u64::from(*seed));
+            Bits::Sectors(
+                (0..8)
+                    .map(|_| rng.below(sectors_per_block))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// The source, built: opened in memory, with what it must read as.
+fn build(spec: &SourceSpec) -> (Image, Vec<u8>) {
+    match spec {
+        SourceSpec::Fixed { sectors, seed } => {
+            let size = sectors * SECTOR;
+            let data = page_data(&mut Rng::new(*seed), size as usize);
+            let b = VhdBuilder::fixed(size).data(&data);
+            let img = OpenOptions::new()
+                .open_storage(Box::new(FaultStorage::from_bytes(b.build())), "in.vhd")
+                .expect("open the fixed source");
+            (img, b.expected(&[]))
+        }
+        SourceSpec::Chain {
+            sectors,
+            block_size,
+            layers,
+        } => {
+            let size = sectors * SECTOR;
+            let blocks = size.div_ceil(u64::from(*block_size));
+            let per_block = u64::from(*block_size) / SECTOR;
+            let mut below: Option<(Image, VhdBuilder)> = None;
+            let mut expected = Vec::new();
+            for (depth, layer) in layers.iter().enumerate() {
+                let mut b = if depth == 0 {
+                    VhdBuilder::dynamic(size)
+                } else {
+                    let (_, parent) = below.as_ref().expect("a parent below");
+                    VhdBuilder::differencing(size)
+                        .parent_id(parent.id())
+                        .parent_time_stamp(parent.stamp())
+                        .parent_name("parent.vhd")
+                        .locator(Platform::W2ru, ".\\parent.vhd", DataSpace::Bytes)
+                }
+                .block_size(*block_size)
+                .unique_id(Uuid::from_u128(depth as u128 + 1));
+                for block in layer {
+                    let index = (u64::from(block.pick) % blocks) as u32;
+                    let data = page_data(&mut Rng::new(block.seed), *block_size as usize);
+                    b = b.block(index, bits(&block.bits, per_block), &data);
+                }
+                expected = b.expected(&expected);
+                let mut options = OpenOptions::new();
+                if let Some((parent, _)) = below.take() {
+                    options = options.parent_image(parent);
+                }
+                let img = options
+                    .open_storage(Box::new(FaultStorage::from_bytes(b.build())), "in.vhd")
+                    .expect("open a generated layer");
+                below = Some((img, b));
+            }
+            (below.expect("at least one layer").0, expected)
+        }
+    }
+}
+
+/// What a copy is written into.
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    Raw,
+    Fixed,
+    Dynamic(u32),
+}
+
+/// Creates the sink of kind `out` for a disk of `size` bytes in `storage`
+/// (deterministic: fixed unique ID and time stamp).
+fn sink(out: Out, storage: Box<dyn Storage>, size: u64) -> Box<dyn FinishSink> {
+    let options = |t| {
+        CreateOptions::new(t, size)
+            .unique_id(Uuid::from_u128(77))
+            .time_stamp(Timestamp(1234))
+    };
+    match out {
+        Out::Raw => {
+            let mut storage = storage;
+            storage.set_len(size).expect("size the raw output");
+            Box::new(RawSink::new(storage, "out.raw"))
+        }
+        Out::Fixed => Box::new(
+            options(DiskType::Fixed)
+                .create_in(storage, "out.vhd", None)
+                .expect("create a fixed output"),
+        ),
+        Out::Dynamic(bs) => Box::new(
+            options(DiskType::Dynamic)
+                .block_size(bs)
+                .create_in(storage, "out.vhd", None)
+                .expect("create a dynamic output"),
+        ),
+    }
+}
+
+/// A sink that can be finished (made durable) once the copy is done.
+trait FinishSink: Sink {
+    fn finish_box(self: Box<Self>) -> vhdref::Result<()>;
+    fn as_sink(&mut self) -> &mut dyn Sink;
+}
+
+impl FinishSink for RawSink {
+    fn finish_box(self: Box<Self>) -> vhdref::Result<()> {
+        self.finish().map(drop)
+    }
+    fn as_sink(&mut self) -> &mut dyn Sink {
+        self
+    }
+}
+
+impl FinishSink for Image {
+    fn finish_box(self: Box<Self>) -> vhdref::Result<()> {
+        self.close()
+    }
+    fn as_sink(&mut self) -> &mut dyn Sink {
+        self
+    }
+}
+
+/// Copies `spec`'s disk into a fresh `out` in `mode`; returns the output
+/// storage and what the copy reported.
+fn copy_into(spec: &SourceSpec, out: Out, mode: Mode) -> (FaultStorage, CopyStats) {
+    let (mut source, _) = build(spec);
+    let size = source.size();
+    let storage = FaultStorage::new();
+    let mut sink = sink(out, Box::new(storage.clone()), size);
+    let stats = convert::copy_with(mode, &mut source, sink.as_sink(), size, &mut |_| {})
+        .unwrap_or_else(|e| panic!("{mode:?} copy into {out:?} failed: {:?}", e.error));
+    sink.finish_box().expect("finish the output");
+    (storage, stats)
+}
+
+/// What the output in `storage` reads as.
+fn output_contents(out: Out, storage: &FaultStorage, size: u64) -> Vec<u8> {
+    match out {
+        Out::Raw => storage.bytes(),
+        Out::Fixed | Out::Dynamic(_) => {
+            let mut img = OpenOptions::new()
+                .open_storage(Box::new(storage.clone()), "out.vhd")
+                .expect("the output opens");
+            let mut buf = vec![0u8; size as usize];
+            img.read_at(0, &mut buf).expect("the output reads");
+            buf
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_overlapped_copy_writes_what_the_plain_copy_writes(spec in source_spec()) {
+        let (_, expected) = build(&spec);
+        for out in [Out::Raw, Out::Fixed, Out::Dynamic(512 * 1024), Out::Dynamic(2 * 1024 * 1024)] {
+            let (plain, plain_stats) = copy_into(&spec, out, Mode::Plain);
+            let (fast, fast_stats) = copy_into(&spec, out, Mode::Overlapped);
+            prop_assert_eq!(plain_stats, fast_stats, "{:?}", out);
+            // The same write calls, in the same order, with the same bytes.
+            let (p, f) = (plain.log(), fast.log());
+            prop_assert!(p == f, "{:?}: {} changes plainly, {} overlapped; first difference at change {:?}",
+                out, p.len(), f.len(), p.iter().zip(&f).position(|(a, b)| a != b));
+            prop_assert!(plain.bytes() == fast.bytes(), "{:?}: files differ", out);
+            let got = output_contents(out, &fast, expected.len() as u64);
+            prop_assert!(got == expected, "{:?}: the output does not read as the source", out);
+        }
+    }
+}
+
+#[test]
+fn a_copy_of_a_disk_spanning_many_chunks_writes_only_pieces_with_data() {
+    // 9 MiB + 3 sectors, data in the first and the last chunk only.
+    let spec = SourceSpec::Chain {
+        sectors: 9 * 2048 + 3,
+        block_size: 2 * 1024 * 1024,
+        layers: vec![vec![
+            BlockSpec {
+                pick: 0,
+                bits: BitsSpec::All,
+                seed: 1,
+            },
+            BlockSpec {
+                pick: 4,
+                bits: BitsSpec::Striped { period: 9, run: 4 },
+                seed: 2,
+            },
+        ]],
+    };
+    let (_, expected) = build(&spec);
+    let (storage, stats) = copy_into(&spec, Out::Raw, Mode::Overlapped);
+    assert_eq!(storage.bytes(), expected);
+    let written: u64 = storage
+        .log()
+        .iter()
+        .map(|m| match m {
+            Mutation::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(written, stats.written);
+    assert!(
+        stats.written < 4 * MIB,
+        "{} bytes written for 2 blocks of data",
+        stats.written
+    );
+}
+
+/// A source that reads as `0x5A` everywhere and fails at `fail_at`.
+struct FailingSource {
+    size: u64,
+    fail_at: u64,
+    reads_after_failure: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: bool,
+}
+
+impl Source for FailingSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn next_data(&mut self, offset: u64) -> vhdref::Result<Option<u64>> {
+        Ok((offset < self.size).then_some(offset))
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> vhdref::Result<()> {
+        if self.failed {
+            self.reads_after_failure
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if (offset..offset + buf.len() as u64).contains(&self.fail_at) {
+            self.failed = true;
+            return Err(Error::io(
+                "reading the test source",
+                std::io::Error::other("planned read failure"),
+            ));
+        }
+        buf.fill(0x5A);
+        Ok(())
+    }
+}
+
+/// A sink that fails its `fail_on`-th write (from 0) and counts writes.
+struct FailingSink {
+    writes: u64,
+    fail_on: u64,
+}
+
+impl Sink for FailingSink {
+    fn write_at(&mut self, _offset: u64, _data: &[u8]) -> vhdref::Result<()> {
+        self.writes += 1;
+        if self.writes - 1 == self.fail_on {
+            return Err(Error::io(
+                "writing the test sink",
+                std::io::Error::other("planned write failure"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_read_is_the_sources_error_in_both_modes_and_stops_the_reader() {
+    for mode in [Mode::Plain, Mode::Overlapped] {
+        let after = std::sync::Arc::default();
+        let mut source = FailingSource {
+            size: 32 * MIB,
+            fail_at: 9 * MIB + 5,
+            reads_after_failure: std::sync::Arc::clone(&after),
+            failed: false,
+        };
+        let mut sink = FailingSink {
+            writes: 0,
+            fail_on: u64::MAX,
+        };
+        let err = convert::copy_with(mode, &mut source, &mut sink, 32 * MIB, &mut |_| {})
+            .expect_err("the read fails");
+        assert_eq!(err.side, Side::Source, "{mode:?}");
+        assert!(err.error.to_string().contains("test source"), "{mode:?}");
+        assert_eq!(
+            after.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{mode:?}: no read after the failure"
+        );
+        // Every chunk before the failing one was written.
+        assert_eq!(sink.writes, 4, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_failed_write_is_the_sinks_error_in_both_modes_and_nothing_is_written_after_it() {
+    for mode in [Mode::Plain, Mode::Overlapped] {
+        let mut source = FailingSource {
+            size: 64 * MIB,
+            fail_at: u64::MAX,
+            reads_after_failure: std::sync::Arc::default(),
+            failed: false,
+        };
+        let mut sink = FailingSink {
+            writes: 0,
+            fail_on: 3,
+        };
+        let err = convert::copy_with(mode, &mut source, &mut sink, 64 * MIB, &mut |_| {})
+            .expect_err("the write fails");
+        assert_eq!(err.side, Side::Sink, "{mode:?}");
+        assert!(err.error.to_string().contains("test sink"), "{mode:?}");
+        assert_eq!(sink.writes, 4, "{mode:?}: the copy stopped at the failure");
+    }
+}
+
+/// Converts `spec`'s disk with the library into a real file through an
+/// [`OutputFile`] of the given durability; returns the file's bytes.
+fn convert_to_file(dir: &Path, name: &str, spec: &SourceSpec, out: Out, d: Durability) -> Vec<u8> {
+    let (mut source, _) = build(spec);
+    let size = source.size();
+    let path = dir.join(name);
+    let file = FileStorage::create_new(&path).expect("create the output file");
+    let mut sink = sink(out, Box::new(OutputFile::new(file, d)), size);
+    convert::copy(&mut source, sink.as_sink(), size, &mut |_| {}).expect("copy");
+    sink.finish_box().expect("finish");
+    std::fs::read(&path).expect("read the output back")
+}
+
+#[test]
+fn an_unsafe_output_file_holds_the_same_bytes_as_a_durable_one() {
+    let dir = temp_dir();
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    for case in 0..12 {
+        let spec = source_spec()
+            .new_tree(&mut runner)
+            .expect("a generated source")
+            .current();
+        for (k, out) in [Out::Raw, Out::Fixed, Out::Dynamic(2 * 1024 * 1024)]
+            .into_iter()
+            .enumerate()
+        {
+            let durable = convert_to_file(
+                dir.path(),
+                &format!("d{case}-{k}"),
+                &spec,
+                out,
+                Durability::Durable,
+            );
+            let unsafe_ = convert_to_file(
+                dir.path(),
+                &format!("u{case}-{k}"),
+                &spec,
+                out,
+                Durability::Unsafe,
+            );
+            assert!(durable == unsafe_, "case {case} {out:?}: {spec:?}");
+        }
+    }
+}
+
+#[test]
+fn convert_with_cache_unsafe_writes_the_same_raw_file_and_the_same_image_contents() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let mut rng = Rng::new(99);
+    let mut data = vec![0u8; (5 * MIB + 4096) as usize];
+    for page in data.chunks_mut(8192).step_by(3) {
+        rng.fill(page);
+    }
+    std::fs::write(d.join("in.raw"), &data).unwrap();
+    for (to, a, b) in [
+        ("raw", "durable.raw", "unsafe.raw"),
+        ("dynamic", "durable.vhd", "unsafe.vhd"),
+        ("fixed", "durablef.vhd", "unsafef.vhd"),
+    ] {
+        run_ok(cmd(VHD, ["convert", "in.raw", a, "--to", to]).current_dir(d));
+        run_ok(cmd(VHD, ["convert", "in.raw", b, "--to", to, "-t", "unsafe"]).current_dir(d));
+        let (x, y) = (
+            std::fs::read(d.join(a)).unwrap(),
+            std::fs::read(d.join(b)).unwrap(),
+        );
+        if to == "raw" {
+            assert!(x == data && y == data, "raw outputs hold the input");
+        } else {
+            // Same layout; only the unique ID, time stamp and checksums of
+            // a freshly created image differ.
+            assert_eq!(x.len(), y.len(), "{to}");
+            let differing = x.iter().zip(&y).filter(|(p, q)| p != q).count();
+            assert!(differing <= 2 * 32, "{to}: {differing} bytes differ");
+            run_ok(cmd(VHD, ["compare", a, b]).current_dir(d));
+            run_ok(cmd(VHD, ["compare", a, "in.raw"]).current_dir(d));
+        }
+    }
+}
