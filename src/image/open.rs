@@ -181,7 +181,7 @@ impl OpenOptions {
 
     /// The options a parent of an image opened with these options is
     /// opened with: for writing only if `parent_writable`, the same
-    /// resolver and parent ID policy.
+    /// resolver, parent ID policy and bitmap cache size.
     pub(crate) fn clone_for_parent(&self) -> OpenOptions {
         OpenOptions {
             write: self.parent_writable,
@@ -189,6 +189,7 @@ impl OpenOptions {
             resolver: self.resolver.clone(),
             skip_parent: self.parent_layer_only,
             parent_layer_only: self.parent_layer_only,
+            bitmap_cache_bytes: self.bitmap_cache_bytes,
             ..OpenOptions::default()
         }
     }
