@@ -414,3 +414,37 @@ fn overlapping_blocks_out_of_index_order_are_each_named() {
         .unwrap_err();
     assert_eq!(e.rule(), Some(Rule::BatEntryOverlap));
 }
+
+#[test]
+fn the_chain_of_a_child_with_broken_blocks_is_still_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    // A parent with a warning of its own, and a child whose block lies past
+    // the end of its file: open refuses the child, the checker goes on to
+    // its parent.
+    let child = chain_in(dir.path(), "base.vhd").corrupt_at(|bytes, layout| {
+        let at = layout.bat_offset as usize + 4 * 5;
+        bytes[at..at + 4].copy_from_slice(&0x0010_0000u32.to_be_bytes());
+    });
+    let mut parent = std::fs::read(dir.path().join("base.vhd")).unwrap();
+    let len = parent.len();
+    parent[len - 12] = 1;
+    builder::set_footer_checksum(&mut parent[len - 512..]);
+    std::fs::write(dir.path().join("base.vhd"), parent).unwrap();
+    std::fs::write(dir.path().join("child.vhd"), child.build()).unwrap();
+    let report = check::check(dir.path().join("child.vhd"), &CheckOptions::new());
+    assert_eq!(report.layers.len(), 2, "{:?}", report.findings);
+    let at = |depth: usize| -> Vec<Rule> {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.depth == depth)
+            .map(|f| f.finding.rule)
+            .collect()
+    };
+    assert_eq!(at(0), [Rule::BatEntryBeyondEof]);
+    assert_eq!(at(1), [Rule::FtrReserved]);
+    // And a broken child whose parent is missing says both.
+    std::fs::remove_file(dir.path().join("base.vhd")).unwrap();
+    let report = check::check(dir.path().join("child.vhd"), &CheckOptions::new());
+    assert_eq!(rules(&report), [Rule::BatEntryBeyondEof, Rule::ParNotFound]);
+}

@@ -351,14 +351,25 @@ fn follow_chain(
     path: &Path,
     options: &CheckOptions,
 ) {
-    // The child as `open` sees it, without its parent; if its own rules
-    // stop `open`, its parent cannot be looked for.
-    let Ok(mut child) = options
+    // The child as `open` sees it, without its parent; if its own blocks
+    // are broken, as much of it as its parent references need (its
+    // findings are already in the report either way).
+    let strict = options
         .open_options()
         .skip_parent(true)
-        .open_storage_at(storage, path)
-    else {
-        return;
+        .open_storage_at(storage, path);
+    let mut child = if let Ok(img) = strict {
+        img
+    } else {
+        let Ok(storage) = FileStorage::open(path, false) else {
+            return;
+        };
+        let mut lenient = options.open_options().skip_parent(true);
+        lenient.references_only = true;
+        let Ok(img) = lenient.open_storage_at(Box::new(storage), path) else {
+            return;
+        };
+        img
     };
     let mut guard = crate::image::ChainGuard::default();
     if guard.enter_file(path).is_err() {

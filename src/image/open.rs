@@ -42,6 +42,10 @@ pub struct OpenOptions {
     /// Open each parent as a layer of its own, without its chain (the
     /// checker walks the chain one link at a time).
     pub(crate) parent_layer_only: bool,
+    /// Read only what the parent references need (footer, header), not
+    /// the BAT: for the checker, to walk the chain of an image whose own
+    /// blocks are broken. Such an image cannot be read.
+    pub(crate) references_only: bool,
 }
 
 impl std::fmt::Debug for OpenOptions {
@@ -277,6 +281,9 @@ impl OpenOptions {
                 }
                 Layout::Fixed
             }
+            DiskType::Dynamic | DiskType::Differencing if self.references_only => Layout::Sparse(
+                Box::new(load_references(&*storage, &footer, located.offset)?),
+            ),
             DiskType::Dynamic | DiskType::Differencing => Layout::Sparse(Box::new(load_sparse(
                 self.bitmap_cache_bytes
                     .unwrap_or(DEFAULT_BITMAP_CACHE_BYTES),
@@ -475,6 +482,26 @@ fn load_sparse(
         bat,
         next_free,
         cache_limit,
+    ))
+}
+
+/// The header of a dynamic or differencing image for its parent references
+/// only (see `OpenOptions::references_only`): the header's place and its
+/// hard rules but its checksum; no BAT (the image holds no block).
+fn load_references(storage: &dyn Storage, footer: &Footer, footer_offset: u64) -> Result<Sparse> {
+    let header_offset = footer.data_offset;
+    check_header_place(header_offset, footer_offset)?;
+    let mut bytes = [0u8; DYN_HEADER_SIZE];
+    storage
+        .read_exact_at(&mut bytes, header_offset)
+        .map_err(|e| Error::io("reading the dynamic header", e))?;
+    let header = DynHeader::parse_ignoring_checksum(&bytes, header_offset)?;
+    Ok(Sparse::new(
+        header,
+        header_offset,
+        Vec::new(),
+        footer_offset,
+        DEFAULT_BITMAP_CACHE_BYTES,
     ))
 }
 
