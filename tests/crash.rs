@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use vhdref::model::Disk;
-use vhdref::storage::{FaultStorage, MemStorage, Mutation};
+use vhdref::storage::{FaultStorage, MemStorage, Mutation, power_loss_subsets};
 use vhdref::{CreateOptions, DiskType, Image, OpenOptions, Rule};
 
 const SECTOR: u64 = 512;
@@ -38,36 +38,6 @@ const BLOCK: u32 = 512 * 1024;
 // write past the end leaves stale, non-zero bytes in the gap
 // (`vhdref::storage::stale`), so only what the driver wrote may ever read
 // as guest data.
-
-/// Applies only the part of a write before absolute file offset `upto`
-/// (a sector boundary): a write torn by a crash.
-fn apply_torn(m: &Mutation, bytes: &mut Vec<u8>, upto: u64) {
-    if let Mutation::Write { offset, .. } = m {
-        m.apply_torn(bytes, upto.saturating_sub(*offset));
-    }
-}
-
-/// Sector boundaries strictly inside a write: where it can tear.
-fn tear_points(m: &Mutation) -> Vec<u64> {
-    let Mutation::Write { offset, data } = m else {
-        return Vec::new();
-    };
-    let end = offset + data.len() as u64;
-    let first = (offset / SECTOR + 1) * SECTOR;
-    let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
-    if all.len() <= 6 {
-        return all;
-    }
-    // A long data write: its first, middle and last boundaries.
-    let mid = all.len() / 2;
-    vec![
-        all[0],
-        all[1],
-        all[mid],
-        all[all.len() - 2],
-        all[all.len() - 1],
-    ]
-}
 
 // -------------------------------------------------------------- a run
 
@@ -457,9 +427,9 @@ impl Recorded {
         }
         // Torn writes: the first k operations, then part of operation k.
         for k in 0..n {
-            for upto in tear_points(&self.log[k]) {
+            for upto in self.log[k].tear_points(6) {
                 let mut bytes = self.replay(0..k);
-                apply_torn(&self.log[k], &mut bytes, upto);
+                self.log[k].apply_torn_at(&mut bytes, upto);
                 let what = format!("operation {k} of {n} torn at file offset {upto}");
                 let seen = self.judge(bytes.clone(), &what);
                 assert!(
@@ -481,7 +451,7 @@ impl Recorded {
         let mut window_start = 0;
         for &sync in &syncs {
             let window: Vec<usize> = (window_start..sync).collect();
-            for subset in subsets(window.len()) {
+            for subset in power_loss_subsets(window.len(), 6, 32) {
                 let kept = (0..window_start).chain(
                     window
                         .iter()
@@ -505,33 +475,6 @@ impl Recorded {
         );
         cuts
     }
-}
-
-/// Subsets of `n` items as bit masks: all of them for small windows, else
-/// the empty and full sets, every single item, every set missing one item,
-/// and some pseudo-random others.
-fn subsets(n: usize) -> Vec<u64> {
-    if n == 0 {
-        return vec![0];
-    }
-    if n <= 6 {
-        return (0..1u64 << n).collect();
-    }
-    let n = n.min(63);
-    let full = (1u64 << n) - 1;
-    let mut out = vec![0, full];
-    for i in 0..n {
-        out.push(1 << i);
-        out.push(full & !(1 << i));
-    }
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for _ in 0..32 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.push(state & full);
-    }
-    out
 }
 
 // ---------------------------------------------------------------- tests

@@ -372,27 +372,13 @@ fn kill_9_of_the_fuse_process_during_writes_leaves_old_or_new_sectors_and_fsynce
         assert!(killed.load(Ordering::Acquire));
         drop(file);
         m.kill9();
-        let o = vhd(&["check", &image.display().to_string()]);
-        assert!(
-            matches!(o.status.code(), Some(0 | 3)),
-            "round {round}: vhd check: {}",
-            String::from_utf8_lossy(&o.stdout)
+        common::assert_old_or_new_after_kill(
+            VHD,
+            &image,
+            (&old, &new),
+            (slot, &slots[..durable]),
+            &format!("round {round}"),
         );
-        let got = common::read_image(&image);
-        for sector in 0..(size / 512) as usize {
-            let r = sector * 512..(sector + 1) * 512;
-            assert!(
-                got[r.clone()] == old[r.clone()] || got[r.clone()] == new[r.clone()],
-                "round {round}: sector {sector} is neither old nor new"
-            );
-        }
-        for &s in &slots[..durable] {
-            let r = (s * slot) as usize..((s + 1) * slot) as usize;
-            assert!(
-                got[r.clone()] == new[r],
-                "round {round}: fsynced slot {s} is lost"
-            );
-        }
         assert!(
             durable > 0 && done < slots.len(),
             "round {round}: killed mid-way ({durable} fsynced, {done} written)"

@@ -6,11 +6,13 @@
 //! `INSTA_UPDATE=always cargo test --test ops_snapshots`, then review the
 //! diff of the `.snap` files.
 
+mod builder;
 mod support;
 
 use std::fmt::Write as _;
 
-use support::{MIB, hexdump, pattern};
+use builder::hexdump;
+use support::{MIB, pattern};
 use uuid::Uuid;
 use vhdref::ops::compact::compact_image;
 use vhdref::ops::rebase::{ParentRef, RebaseMode, rebase_image};

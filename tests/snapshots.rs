@@ -17,6 +17,7 @@ mod builder;
 
 use std::fmt::Write as _;
 
+use builder::hexdump;
 use uuid::Uuid;
 use vhdref::format::{DYN_HEADER_SIZE, FOOTER_SIZE, Footer};
 use vhdref::storage::MemStorage;
@@ -28,47 +29,6 @@ const CREATED: Timestamp = Timestamp(788_832_000);
 const PARENT_CREATED: Timestamp = Timestamp(788_745_600);
 const ID: u128 = 0x0123_4567_89ab_4def_8123_4567_89ab_cdef;
 const PARENT_ID: u128 = 0xfedc_ba98_7654_4321_8fed_cba9_8765_4321;
-
-/// A hexdump as `hexdump -C` prints it: offset, 16 bytes in hex, ASCII;
-/// a run of lines equal to the one before becomes one `*`. Offsets start
-/// at `base` (the bytes' offset in the file); the last line is the end.
-fn hexdump(bytes: &[u8], base: u64) -> String {
-    let mut out = String::new();
-    let mut previous: Option<&[u8]> = None;
-    let mut starred = false;
-    for (i, line) in bytes.chunks(16).enumerate() {
-        if previous == Some(line) {
-            if !starred {
-                out.push_str("*\n");
-                starred = true;
-            }
-            continue;
-        }
-        previous = Some(line);
-        starred = false;
-        let offset = base + (i * 16) as u64;
-        let mut hex = String::new();
-        for (j, b) in line.iter().enumerate() {
-            if j == 8 {
-                hex.push(' ');
-            }
-            let _ = write!(hex, "{b:02x} ");
-        }
-        let ascii: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{offset:08x}  {hex:<49} |{ascii}|");
-    }
-    let _ = writeln!(out, "{:08x}", base + bytes.len() as u64);
-    out
-}
 
 /// Options with the ID and the clock fixed.
 fn options(disk_type: DiskType, size: u64) -> CreateOptions {

@@ -14,7 +14,7 @@ use crate::image::ParentResolver;
 use super::CmdResult;
 use super::args::ParentArgs;
 use super::info::severity_name;
-use super::output::{Failure, escape, print, print_json, report as report_failure};
+use super::output::{Failure, escape, print, print_json, report as report_failure, xml};
 
 /// Check an image (and every image of its chain) against the rules of the
 /// format and list every finding with its rule ID, the image and the
@@ -252,27 +252,6 @@ fn to_json(report: &Report, code: i32) -> Value {
             "length": f.finding.length,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// Escapes text for XML attributes and content (control characters
-/// first become visible escapes: XML 1.0 cannot hold most of them at all).
-fn xml(text: &str) -> String {
-    let text = escape(text);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t') => {
-                let _ = write!(out, "&#x{:x};", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// `JUnit` XML: a test suite named after the image with one test case per

@@ -16,7 +16,7 @@ use crate::conform::{
 };
 
 use super::CmdResult;
-use super::output::{Failure, escape, print, print_json, write_stdout};
+use super::output::{Failure, escape, print, print_json, write_stdout, xml};
 
 /// Judge another implementation against the corpus: run its reader over
 /// every corpus case, or its writer over generated raw disks, and report
@@ -345,24 +345,6 @@ fn to_json(suites: &[Suite], corpus: Option<&Corpus>, total: Summary, code: i32)
             "cases": s.cases,
         })).collect::<Vec<_>>(),
     })
-}
-
-/// Escapes text for XML attributes and content; control characters
-/// become visible escapes first (XML 1.0 cannot hold most of them).
-fn xml(text: &str) -> String {
-    let text = escape(text);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Like [`xml`], but keeps line breaks (for element content).

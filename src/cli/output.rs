@@ -101,6 +101,27 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Escapes text for XML attributes and content (control characters
+/// first become visible escapes: XML 1.0 cannot hold most of them at all).
+pub fn xml(text: &str) -> String {
+    let text = escape(text);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t') => {
+                let _ = write!(out, "&#x{:x};", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Prints a failure as one line on stderr and returns its exit status.
 /// The file name and the message are escaped: the line is always one line.
 pub fn report(failure: &Failure) -> i32 {

@@ -74,6 +74,60 @@ impl Mutation {
             other => other.apply(bytes),
         }
     }
+
+    /// Applies a write torn at the file offset `at`: the bytes before it
+    /// land, the rest do not. Other changes are applied whole.
+    pub fn apply_torn_at(&self, bytes: &mut Vec<u8>, at: u64) {
+        match self {
+            Mutation::Write { offset, .. } => self.apply_torn(bytes, at.saturating_sub(*offset)),
+            other => other.apply(bytes),
+        }
+    }
+
+    /// The 512-byte sector boundaries strictly inside a write, where a
+    /// crash can tear it: all of them when there are at most `most` (or
+    /// five), else the first two, the middle one and the last two. Empty for other
+    /// changes.
+    pub fn tear_points(&self, most: usize) -> Vec<u64> {
+        const SECTOR: u64 = 512;
+        let Mutation::Write { offset, data } = self else {
+            return Vec::new();
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        let first = (offset / SECTOR + 1) * SECTOR;
+        let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
+        if all.len() <= most.max(5) {
+            return all;
+        }
+        let n = all.len();
+        vec![all[0], all[1], all[n / 2], all[n - 2], all[n - 1]]
+    }
+}
+
+/// Which of `n` pending writes a power loss keeps, as bit masks (bit `i`:
+/// write `i` landed): every subset when `n <= every_up_to`, else the empty
+/// and full sets, each single write, each set missing one write, and
+/// `random` pseudo-random others (the same ones on every call). At most
+/// 63 writes are told apart; the rest are kept whenever the last is.
+pub fn power_loss_subsets(n: usize, every_up_to: usize, random: usize) -> Vec<u64> {
+    let n = n.min(63);
+    if n <= every_up_to.min(16) {
+        return (0..1u64 << n).collect();
+    }
+    let full = (1u64 << n) - 1;
+    let mut out = vec![0, full];
+    for i in 0..n {
+        out.push(1 << i);
+        out.push(full & !(1 << i));
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..random {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.push(state & full);
+    }
+    out
 }
 
 /// Writes `data` at `offset`. A write that starts past the end leaves the

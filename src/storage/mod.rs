@@ -6,7 +6,7 @@ mod fault;
 mod file;
 mod memory;
 
-pub use fault::{Fault, FaultStorage, Mutation, Op, stale};
+pub use fault::{Fault, FaultStorage, Mutation, Op, power_loss_subsets, stale};
 pub use file::{FileStorage, LockMode, OpenError, PendingFile};
 pub use memory::MemStorage;
 

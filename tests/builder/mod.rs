@@ -815,3 +815,45 @@ pub fn edit_header(bytes: &mut [u8], edit: impl Fn(&mut [u8])) {
     edit(h);
     set_header_checksum(h);
 }
+
+/// A hexdump as `hexdump -C` prints it: offset, 16 bytes in hex, ASCII;
+/// a run of lines equal to the one before becomes one `*`. Offsets start
+/// at `base` (the bytes' offset in the file); the last line is the end.
+pub fn hexdump(bytes: &[u8], base: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut previous: Option<&[u8]> = None;
+    let mut starred = false;
+    for (i, line) in bytes.chunks(16).enumerate() {
+        if previous == Some(line) {
+            if !starred {
+                out.push_str("*\n");
+                starred = true;
+            }
+            continue;
+        }
+        previous = Some(line);
+        starred = false;
+        let offset = base + (i * 16) as u64;
+        let mut hex = String::new();
+        for (j, b) in line.iter().enumerate() {
+            if j == 8 {
+                hex.push(' ');
+            }
+            let _ = write!(hex, "{b:02x} ");
+        }
+        let ascii: String = line
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{offset:08x}  {hex:<49} |{ascii}|");
+    }
+    let _ = writeln!(out, "{:08x}", base + bytes.len() as u64);
+    out
+}

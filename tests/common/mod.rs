@@ -147,6 +147,43 @@ pub fn read_image(path: &Path) -> Vec<u8> {
     read_all(&mut img)
 }
 
+/// What a killed writer must leave, judged from outside: `vhd check`
+/// (the binary at `vhd`) finds no error in `image`, every sector of the
+/// disk reads its `old` or its `new` contents, and every slot of `slot`
+/// bytes listed in `durable` (made durable by a flush or an fsync) reads
+/// new. `what` names the round in failures.
+pub fn assert_old_or_new_after_kill(
+    vhd: &str,
+    image: &Path,
+    (old, new): (&[u8], &[u8]),
+    (slot, durable): (u64, &[u64]),
+    what: &str,
+) {
+    let o = run(Command::new(vhd).arg("check").arg(image));
+    assert!(
+        matches!(o.status.code(), Some(0 | 3)),
+        "{what}: vhd check: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let got = read_image(image);
+    assert_eq!(got.len(), new.len(), "{what}: the disk size changed");
+    for (sector, ((g, o), n)) in got
+        .chunks(512)
+        .zip(old.chunks(512))
+        .zip(new.chunks(512))
+        .enumerate()
+    {
+        assert!(
+            g == o || g == n,
+            "{what}: sector {sector} is neither old nor new"
+        );
+    }
+    for &s in durable {
+        let r = (s * slot) as usize..((s + 1) * slot) as usize;
+        assert!(got[r.clone()] == new[r], "{what}: durable slot {s} is lost");
+    }
+}
+
 /// Every guest byte of an open image, read in 1 MiB pieces.
 pub fn read_all(img: &mut Image) -> Vec<u8> {
     let size = img.size();

@@ -24,7 +24,7 @@
 #![allow(dead_code)]
 
 use vhdref::check::{CheckOptions, Verdict, check_storage};
-use vhdref::storage::{Fault, FaultStorage, MemStorage, Mutation, Op, Storage};
+use vhdref::storage::{Fault, FaultStorage, MemStorage, Mutation, Op, Storage, power_loss_subsets};
 use vhdref::{DiskType, Image, OpenOptions, Rule};
 
 pub const SECTOR: u64 = 512;
@@ -324,50 +324,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
-/// Applies the first `upto - offset` bytes of a write (torn at `upto`).
-fn apply_torn(m: &Mutation, bytes: &mut Vec<u8>, upto: u64) {
-    if let Mutation::Write { offset, .. } = m {
-        m.apply_torn(bytes, upto.saturating_sub(*offset));
-    }
-}
-
-/// Sector boundaries strictly inside a write; for long writes, a few.
-fn tear_points(m: &Mutation) -> Vec<u64> {
-    let Mutation::Write { offset, data } = m else {
-        return Vec::new();
-    };
-    let end = offset + data.len() as u64;
-    let first = (offset / SECTOR + 1) * SECTOR;
-    let all: Vec<u64> = (first..end).step_by(SECTOR as usize).collect();
-    if all.len() <= 4 {
-        return all;
-    }
-    vec![all[0], all[all.len() / 2], all[all.len() - 1]]
-}
-
-/// Subsets of `n` items as bit masks: all for small windows, else empty,
-/// full, each single item, each set missing one item, and a few others.
-fn subsets(n: usize) -> Vec<u64> {
-    if n <= 5 {
-        return (0..1u64 << n).collect();
-    }
-    let n = n.min(63);
-    let full = (1u64 << n) - 1;
-    let mut out = vec![0, full];
-    for i in 0..n {
-        out.push(1 << i);
-        out.push(full & !(1 << i));
-    }
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for _ in 0..12 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.push(state & full);
-    }
-    out
-}
-
 /// An operation under test: it runs on the image held by a storage (the
 /// parents it may need are given) and says whether it reported success.
 pub type Operation<'a> = &'a dyn Fn(&FaultStorage, &Parents) -> bool;
@@ -452,9 +408,9 @@ fn cuts(
         states += 1;
     }
     for (k, change) in log.iter().enumerate() {
-        for upto in tear_points(change) {
+        for upto in change.tear_points(4) {
             let mut state = replay(&mut (0..k));
-            apply_torn(change, &mut state, upto);
+            change.apply_torn_at(&mut state, upto);
             let label = format!("{what}: change {k} torn at file offset {upto}");
             judge_with(state, parents, want, Kind::Cut, &label, also);
             states += 1;
@@ -464,7 +420,7 @@ fn cuts(
     let mut start = 0;
     for sync in (0..n).filter(|&i| matches!(log[i], Mutation::Sync)) {
         let window: Vec<usize> = (start..sync).collect();
-        for mask in subsets(window.len()) {
+        for mask in power_loss_subsets(window.len(), 5, 12) {
             let mut kept = (0..start).chain(
                 window
                     .iter()
@@ -680,45 +636,4 @@ pub fn contents_sha256(img: &mut Image) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-/// A hexdump as `hexdump -C` prints it (offset, 16 bytes in hex, ASCII; a
-/// run of lines equal to the one before becomes one `*`), with offsets
-/// from `base`; the last line is the end.
-pub fn hexdump(bytes: &[u8], base: u64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut previous: Option<&[u8]> = None;
-    let mut starred = false;
-    for (i, line) in bytes.chunks(16).enumerate() {
-        if previous == Some(line) {
-            if !starred {
-                out.push_str("*\n");
-                starred = true;
-            }
-            continue;
-        }
-        previous = Some(line);
-        starred = false;
-        let mut hex = String::new();
-        for (j, b) in line.iter().enumerate() {
-            if j == 8 {
-                hex.push(' ');
-            }
-            let _ = write!(hex, "{b:02x} ");
-        }
-        let ascii: String = line
-            .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() || b == b' ' {
-                    b as char
-                } else {
-                    '.'
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{:08x}  {hex:<49} |{ascii}|", base + (i * 16) as u64);
-    }
-    let _ = writeln!(out, "{:08x}", base + bytes.len() as u64);
-    out
 }
