@@ -13,7 +13,7 @@
 //! (FILE-TAIL).
 
 use crate::error::{Error, Result, count};
-use crate::format::bat::{UNALLOCATED, bat_size_on_disk};
+use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
 use crate::format::{DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
 use crate::rules::{Finding, Rule};
 use crate::storage::Storage;
@@ -52,25 +52,15 @@ fn metadata(storage: &dyn Storage, state: &SparseState) -> Vec<(u64, u64)> {
 /// Xen's batmap: a sector with the cookie `tdbatmap` right after the BAT,
 /// holding the map's offset (u64) and size in sectors (u32), big-endian.
 fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
-    let mut head = [0u8; 20];
+    let mut head = [0u8; BATMAP_HEAD_LEN];
     if at + SECTOR_SIZE > limit || storage.read_exact_at(&mut head, at).is_err() {
         return Vec::new();
     }
-    if &head[..8] != b"tdbatmap" {
+    let Some(map) = parse_batmap_head(&head, limit) else {
         return Vec::new();
-    }
+    };
     let mut out = vec![(at, at + SECTOR_SIZE)];
-    let offset = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
-    let sectors = u64::from(u32::from_be_bytes(
-        head[16..20].try_into().unwrap_or_default(),
-    ));
-    if let Some(end) = sectors
-        .checked_mul(SECTOR_SIZE)
-        .and_then(|n| offset.checked_add(n))
-        .filter(|&e| e <= limit && offset >= FOOTER_SIZE as u64)
-    {
-        out.push((offset, end));
-    }
+    out.extend(map);
     out
 }
 

@@ -28,7 +28,7 @@
 //! not match the file: drop it and reopen.
 
 use crate::error::{Error, Result};
-use crate::format::bat::{UNALLOCATED, bat_size_on_disk};
+use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
 use crate::format::checksum::checksum;
 use crate::format::{DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE};
 use crate::storage::Storage;
@@ -48,8 +48,6 @@ const HEADER_CHECKSUM: usize = crate::format::dyn_header::CHECKSUM_OFFSET;
 const FOOTER_RESERVED: usize = crate::format::footer::RESERVED_OFFSET;
 /// The reserved ranges of the dynamic header, kept when it is rewritten.
 const HEADER_RESERVED: [(usize, usize); 2] = [(60, 64), (768, DYN_HEADER_SIZE)];
-/// The cookie of Xen's batmap header, right after the BAT.
-const BATMAP_COOKIE: &[u8; 8] = b"tdbatmap";
 
 /// What a region of a dynamic or differencing file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,31 +388,21 @@ impl Image {
         if bat_end + SECTOR_SIZE > limit {
             return Ok(Vec::new());
         }
-        let mut head = [0u8; 20];
+        let mut head = [0u8; BATMAP_HEAD_LEN];
         self.read_file_at(&mut head, bat_end)?;
-        if &head[..8] != BATMAP_COOKIE {
+        let Some(map) = parse_batmap_head(&head, limit) else {
             return Ok(Vec::new());
-        }
+        };
         let mut out = vec![Region {
             start: bat_end,
             end: bat_end + SECTOR_SIZE,
             what: Use::Metadata("Xen's batmap header"),
         }];
-        let offset = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
-        let sectors = u64::from(u32::from_be_bytes(
-            head[16..20].try_into().unwrap_or_default(),
-        ));
-        if let Some(end) = sectors
-            .checked_mul(SECTOR_SIZE)
-            .and_then(|n| offset.checked_add(n))
-            .filter(|&e| e <= limit && offset >= FOOTER_SIZE as u64)
-        {
-            out.push(Region {
-                start: offset,
-                end,
-                what: Use::Metadata("Xen's batmap"),
-            });
-        }
+        out.extend(map.map(|(start, end)| Region {
+            start,
+            end,
+            what: Use::Metadata("Xen's batmap"),
+        }));
         Ok(out)
     }
 
