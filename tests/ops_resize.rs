@@ -9,7 +9,7 @@ mod builder;
 mod support;
 
 use builder::{Bits, VhdBuilder};
-use support::{Contents, KIB, MIB, Parents, SECTOR, pattern, prove, read_disk, rules_of};
+use support::{Contents, Covered, KIB, MIB, Parents, SECTOR, pattern, prove, read_disk, rules_of};
 use vhdref::ops::resize::{ResizeOptions, resize_image};
 use vhdref::storage::{FaultStorage, MemStorage};
 use vhdref::{CreateOptions, DiskType, ErrorKind, Geometry, Image, OpenOptions, SizeRule};
@@ -27,6 +27,34 @@ fn resized(disk: &[u8], size: u64) -> Vec<u8> {
     let mut v = disk.to_vec();
     v.resize(size as usize, 0);
     v
+}
+
+/// The resized image has no finding at all and reads as `want`.
+fn assert_clean_and_reads(mem: &MemStorage, want: &[u8]) {
+    let rules = rules_of(mem.to_vec());
+    assert!(rules.is_empty(), "{rules:?}");
+    assert!(read_disk(mem.to_vec(), &Parents::none()) == want);
+}
+
+/// Proves a resize of the image `bytes` (holding `disk`, no parent) to
+/// `size` with `options` under every cut, tear, power loss and fault.
+fn prove_resize(
+    what: &str,
+    bytes: &[u8],
+    disk: &[u8],
+    size: u64,
+    options: ResizeOptions,
+) -> Covered {
+    prove(
+        what,
+        bytes,
+        &Parents::none(),
+        &Contents {
+            old: disk.to_vec(),
+            new: resized(disk, size),
+        },
+        &resize_op(options),
+    )
 }
 
 fn resize_op(options: ResizeOptions) -> impl Fn(&FaultStorage, &Parents) -> bool {
@@ -87,21 +115,13 @@ fn a_dynamic_image_grows_with_its_table_in_the_same_sector() {
     assert_eq!(img.footer().disk_geometry, g);
     assert_eq!(img.dyn_header().unwrap().max_table_entries, 20);
     drop(img);
-    assert!(
-        rules_of(mem.to_vec()).is_empty(),
-        "{:?}",
-        rules_of(mem.to_vec())
-    );
-    assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, 10 * MIB));
-    let covered = prove(
+    assert_clean_and_reads(&mem, &resized(&disk, 10 * MIB));
+    let covered = prove_resize(
         "grow in place",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, 10 * MIB),
-        },
-        &resize_op(ResizeOptions::new(10 * MIB)),
+        &disk,
+        10 * MIB,
+        ResizeOptions::new(10 * MIB),
     );
     assert!(covered.states > 20, "{covered:?}");
 }
@@ -124,21 +144,13 @@ fn a_dynamic_image_grows_by_moving_its_first_blocks_after_the_last() {
     img.close().unwrap();
     assert_eq!(report.table_grown, Some((8, 1500)));
     assert_eq!(report.blocks_moved, 2, "{report:?}");
-    assert!(
-        rules_of(mem.to_vec()).is_empty(),
-        "{:?}",
-        rules_of(mem.to_vec())
-    );
-    assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, new_size));
-    let covered = prove(
+    assert_clean_and_reads(&mem, &resized(&disk, new_size));
+    let covered = prove_resize(
         "grow, blocks moved",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, new_size),
-        },
-        &resize_op(ResizeOptions::new(new_size)),
+        &disk,
+        new_size,
+        ResizeOptions::new(new_size),
     );
     assert!(covered.writes > 6, "{covered:?}");
 }
@@ -167,15 +179,12 @@ fn growing_clears_what_lies_past_the_old_end_of_the_last_block() {
         rules_of(after.clone())
     );
     assert!(read_disk(after, &Parents::none()) == resized(&disk, new_size));
-    prove(
+    prove_resize(
         "grow over bits past the end",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, new_size),
-        },
-        &resize_op(ResizeOptions::new(new_size)),
+        &disk,
+        new_size,
+        ResizeOptions::new(new_size),
     );
 }
 
@@ -211,15 +220,12 @@ fn a_dynamic_image_shrinks_only_over_unallocated_blocks() {
         "{:?}",
         rules_of(mem.to_vec())
     );
-    prove(
+    prove_resize(
         "shrink",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, new_size),
-        },
-        &resize_op(ResizeOptions::new(new_size).shrink(true)),
+        &disk,
+        new_size,
+        ResizeOptions::new(new_size).shrink(true),
     );
 }
 
@@ -253,21 +259,13 @@ fn a_fixed_image_grows_and_its_footer_moves() {
     img.close().unwrap();
     assert_eq!(report.file_size_after, 3 * MIB + 512);
     assert_eq!(mem.to_vec().len() as u64, 3 * MIB + 512);
-    assert!(
-        rules_of(mem.to_vec()).is_empty(),
-        "{:?}",
-        rules_of(mem.to_vec())
-    );
-    assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, 3 * MIB));
-    let covered = prove(
+    assert_clean_and_reads(&mem, &resized(&disk, 3 * MIB));
+    let covered = prove_resize(
         "fixed grow",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, 3 * MIB),
-        },
-        &resize_op(ResizeOptions::new(3 * MIB)),
+        &disk,
+        3 * MIB,
+        ResizeOptions::new(3 * MIB),
     );
     assert!(covered.syncs >= 3, "{covered:?}");
 }
@@ -285,15 +283,12 @@ fn a_fixed_image_shrinks_only_over_zeros() {
     assert_eq!(mem.to_vec().len() as u64, MIB + 512);
     assert!(rules_of(mem.to_vec()).is_empty());
     assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, MIB));
-    prove(
+    prove_resize(
         "fixed shrink",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, MIB),
-        },
-        &resize_op(ResizeOptions::new(MIB).shrink(true)),
+        &disk,
+        MIB,
+        ResizeOptions::new(MIB).shrink(true),
     );
 }
 
@@ -482,20 +477,12 @@ fn a_shrink_shortens_the_table_and_gives_its_space_back() {
         .unwrap();
     assert_eq!(img.dyn_header().unwrap().max_table_entries, 10);
     drop(img);
-    assert!(
-        rules_of(mem.to_vec()).is_empty(),
-        "{:?}",
-        rules_of(mem.to_vec())
-    );
-    assert!(read_disk(mem.to_vec(), &Parents::none()) == resized(&disk, new_size));
-    prove(
+    assert_clean_and_reads(&mem, &resized(&disk, new_size));
+    prove_resize(
         "shrink a long table",
         &bytes,
-        &Parents::none(),
-        &Contents {
-            old: disk.clone(),
-            new: resized(&disk, new_size),
-        },
-        &resize_op(ResizeOptions::new(new_size).shrink(true)),
+        &disk,
+        new_size,
+        ResizeOptions::new(new_size).shrink(true),
     );
 }

@@ -62,9 +62,9 @@ pub fn serialize_bat(entries: &[u32]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn head(cookie: &[u8; 8], offset: u64, sectors: u32) -> [u8; BATMAP_HEAD_LEN] {
+    fn head(cookie: [u8; 8], offset: u64, sectors: u32) -> [u8; BATMAP_HEAD_LEN] {
         let mut h = [0u8; BATMAP_HEAD_LEN];
-        h[..8].copy_from_slice(cookie);
+        h[..8].copy_from_slice(&cookie);
         h[8..16].copy_from_slice(&offset.to_be_bytes());
         h[16..20].copy_from_slice(&sectors.to_be_bytes());
         h
@@ -73,25 +73,25 @@ mod tests {
     #[test]
     fn a_batmap_head_gives_the_map_range_only_when_it_fits() {
         assert_eq!(
-            parse_batmap_head(&head(b"tdbatmaq", 4096, 1), 1 << 20),
+            parse_batmap_head(&head(*b"tdbatmaq", 4096, 1), 1 << 20),
             None
         );
         assert_eq!(
-            parse_batmap_head(&head(BATMAP_COOKIE, 4096, 2), 1 << 20),
+            parse_batmap_head(&head(*BATMAP_COOKIE, 4096, 2), 1 << 20),
             Some(Some((4096, 5120)))
         );
         // Ends past the limit, starts inside the leading footer copy, or
         // overflows: the header counts, the map does not.
         assert_eq!(
-            parse_batmap_head(&head(BATMAP_COOKIE, 4096, 2), 5119),
+            parse_batmap_head(&head(*BATMAP_COOKIE, 4096, 2), 5119),
             Some(None)
         );
         assert_eq!(
-            parse_batmap_head(&head(BATMAP_COOKIE, 511, 1), 1 << 20),
+            parse_batmap_head(&head(*BATMAP_COOKIE, 511, 1), 1 << 20),
             Some(None)
         );
         assert_eq!(
-            parse_batmap_head(&head(BATMAP_COOKIE, u64::MAX - 100, 1), u64::MAX),
+            parse_batmap_head(&head(*BATMAP_COOKIE, u64::MAX - 100, 1), u64::MAX),
             Some(None)
         );
     }
