@@ -504,6 +504,21 @@ impl Case {
     pub fn chain_refs(&self) -> Vec<&Path> {
         self.chain.iter().map(PathBuf::as_path).collect()
     }
+
+    /// A case: its files (top first), the bytes it must read as, its type.
+    pub fn new(
+        name: &'static str,
+        chain: Vec<PathBuf>,
+        expected: Vec<u8>,
+        disk_type: DiskType,
+    ) -> Case {
+        Case {
+            name,
+            chain,
+            expected,
+            disk_type,
+        }
+    }
 }
 
 /// Creates a fixed or dynamic image at `path`, writes `count` random runs
@@ -642,23 +657,13 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         8,
         None,
     );
-    cases.push(Case {
-        name: "fixed",
-        chain: vec![p],
-        expected,
-        disk_type: DiskType::Fixed,
-    });
+    cases.push(Case::new("fixed", vec![p], expected, DiskType::Fixed));
 
     let d = subdir("fixed-chs");
     let p = d.join("fixed-chs.vhd");
     let opts = CreateOptions::new(DiskType::Fixed, 3_000_001).size_rule(SizeRule::Chs);
     let expected = make_base(&p, &opts, &mut rng, 6, None);
-    cases.push(Case {
-        name: "fixed-chs",
-        chain: vec![p],
-        expected,
-        disk_type: DiskType::Fixed,
-    });
+    cases.push(Case::new("fixed-chs", vec![p], expected, DiskType::Fixed));
 
     // 2 MiB blocks; block 4 (8..10 MiB) stays unallocated.
     let d = subdir("dynamic");
@@ -695,12 +700,7 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         "dynamic.vhd: 6 blocks, block 4 unallocated"
     );
     img.close().expect("closing dynamic.vhd");
-    cases.push(Case {
-        name: "dynamic",
-        chain: vec![p],
-        expected,
-        disk_type: DiskType::Dynamic,
-    });
+    cases.push(Case::new("dynamic", vec![p], expected, DiskType::Dynamic));
 
     let d = subdir("dynamic-512k");
     let p = d.join("dynamic-512k.vhd");
@@ -708,24 +708,24 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         .size_rule(SizeRule::Chs)
         .block_size(512 * KIB as u32);
     let expected = make_base(&p, &opts, &mut rng, 6, None);
-    cases.push(Case {
-        name: "dynamic-512k",
-        chain: vec![p],
+    cases.push(Case::new(
+        "dynamic-512k",
+        vec![p],
         expected,
-        disk_type: DiskType::Dynamic,
-    });
+        DiskType::Dynamic,
+    ));
 
     // 8 MiB blocks over 12 MiB: the last block reaches past the disk.
     let d = subdir("dynamic-8m");
     let p = d.join("dynamic-8m.vhd");
     let opts = CreateOptions::new(DiskType::Dynamic, 12 * MIB).block_size(8 * MIB as u32);
     let expected = make_base(&p, &opts, &mut rng, 6, None);
-    cases.push(Case {
-        name: "dynamic-8m",
-        chain: vec![p],
+    cases.push(Case::new(
+        "dynamic-8m",
+        vec![p],
         expected,
-        disk_type: DiskType::Dynamic,
-    });
+        DiskType::Dynamic,
+    ));
 
     // A dynamic parent whose block 3 (6..8 MiB) is unallocated, its child,
     // and a child of the child.
@@ -755,12 +755,12 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         &mut rng,
         ChildWrites::Sectors,
     );
-    cases.push(Case {
-        name: "child-of-dynamic",
-        chain: vec![child.clone(), parent.clone()],
-        expected: child_expected.clone(),
-        disk_type: DiskType::Differencing,
-    });
+    cases.push(Case::new(
+        "child-of-dynamic",
+        vec![child.clone(), parent.clone()],
+        child_expected.clone(),
+        DiskType::Differencing,
+    ));
     let grandchild = d.join("grandchild.vhd");
     let grandchild_expected = make_child(
         &grandchild,
@@ -769,12 +769,12 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         &mut rng,
         ChildWrites::Sectors,
     );
-    cases.push(Case {
-        name: "child-of-child",
-        chain: vec![grandchild, child, parent.clone()],
-        expected: grandchild_expected,
-        disk_type: DiskType::Differencing,
-    });
+    cases.push(Case::new(
+        "child-of-child",
+        vec![grandchild, child, parent.clone()],
+        grandchild_expected,
+        DiskType::Differencing,
+    ));
     let paged = d.join("paged.vhd");
     let expected = make_child(
         &paged,
@@ -783,12 +783,12 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         &mut rng,
         ChildWrites::Pages,
     );
-    cases.push(Case {
-        name: "child-with-pages",
-        chain: vec![paged, parent],
+    cases.push(Case::new(
+        "child-with-pages",
+        vec![paged, parent],
         expected,
-        disk_type: DiskType::Differencing,
-    });
+        DiskType::Differencing,
+    ));
 
     let d = subdir("fixed-parent");
     let parent = d.join("base.vhd");
@@ -808,12 +808,12 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         &mut rng,
         ChildWrites::Sectors,
     );
-    cases.push(Case {
-        name: "child-of-fixed",
-        chain: vec![child, parent],
+    cases.push(Case::new(
+        "child-of-fixed",
+        vec![child, parent],
         expected,
-        disk_type: DiskType::Differencing,
-    });
+        DiskType::Differencing,
+    ));
 
     // What `convert` writes: a raw disk with holes and data into a dynamic
     // image (1 MiB blocks) and a fixed one.
@@ -843,12 +843,7 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
             .map_err(|e| e.error)
             .expect("convert");
         out.close().expect("closing the convert output");
-        cases.push(Case {
-            name,
-            chain: vec![path],
-            expected: source.clone(),
-            disk_type,
-        });
+        cases.push(Case::new(name, vec![path], source.clone(), disk_type));
     }
 
     // What `commit` leaves: a dynamic parent after a child written a few
@@ -871,12 +866,12 @@ pub fn our_images(root: &Path, seed: u64) -> Vec<Case> {
         ChildWrites::Sectors,
     );
     Image::commit(&child, vhdref::OpenOptions::new()).expect("commit");
-    cases.push(Case {
-        name: "committed",
-        chain: vec![parent],
+    cases.push(Case::new(
+        "committed",
+        vec![parent],
         expected,
-        disk_type: DiskType::Dynamic,
-    });
+        DiskType::Dynamic,
+    ));
 
     // vhdref itself must read every case as expected, or the peers'
     // verdicts mean nothing.
