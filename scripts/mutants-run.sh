@@ -59,10 +59,12 @@ for extra_test in mutant_killers; do
   [ -f "tests/$extra_test.rs" ] && present+=(--test "$extra_test")
 done
 
-copy=${MUTANTS_COPY:-${TMPDIR:-/tmp}/vhdref-mutants-$module}
+copy=${MUTANTS_COPY:-${TMPDIR:-/tmp}/vhdref-mutants}
 out=${MUTANTS_OUT:-$PWD/mutants/$module}
-rm -rf "$copy"
+# A fresh copy of the sources; its target/ is kept, so the dependencies
+# are built once for every module.
 mkdir -p "$copy" "$out"
+find "$copy" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 git ls-files -z --cached --others --exclude-standard -- . ':!fuzz' |
   tar --null -T - -cf - | tar -xf - -C "$copy"
 echo "mutants-run: $module ${shard:+shard $shard }in $copy, results in $out" >&2

@@ -169,3 +169,18 @@ fn a_block_is_never_allocated_where_a_bat_entry_cannot_point() {
     assert_eq!(back, [7; 512]);
     assert_eq!(img.bat().expect("dynamic")[0], 0xFFFF_FFFE);
 }
+
+#[test]
+fn the_model_never_drops_its_base_layer() {
+    let mut disk = vhdref::model::Disk::new(4096);
+    disk.write(512, &[9; 512]);
+    disk.pop_child();
+    assert_eq!(disk.depth(), 1, "a disk always has its base");
+    assert_eq!(disk.read(512, 512), vec![9; 512]);
+    // With a child, dropping it keeps what the base reads as.
+    disk.push_child();
+    disk.write(0, &[3; 512]);
+    disk.pop_child();
+    assert_eq!(disk.depth(), 1);
+    assert_eq!(disk.read(0, 1024), [vec![0; 512], vec![9; 512]].concat());
+}
