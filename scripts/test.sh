@@ -38,3 +38,10 @@ cargo test --doc
 # still compile against the library (running them needs nightly and
 # cargo-fuzz: see fuzz/README.md).
 cargo check --manifest-path fuzz/Cargo.toml --bins --examples
+
+# The gates on the tests themselves: every rule's cited tests fail with
+# that rule switched off, and every key mutant (write order, bit order,
+# checksum, BAT mapping, parent ID, lock mode, limits) is caught by its
+# named test. Both work on a copy or a feature build, never on this tree.
+bash scripts/rule-mutants.sh
+bash scripts/key-mutants.sh

@@ -154,6 +154,42 @@ rules! {
     ParDepth => "PAR-DEPTH", Error, "a chain has at most 64 images";
 }
 
+/// Whether the check of `rule` is switched off. Always `false` in a
+/// normal build; with the cargo feature `rule-mutants` it is `true` for
+/// the rule whose ID is in the environment variable `VHDREF_DISABLE_RULE`.
+///
+/// `scripts/rule-mutants.sh` uses it to show that the tests cited for each
+/// rule in `spec/rules.md` fail when that rule is not enforced. Every place
+/// that enforces a rule asks it, in the same way: an error rule whose
+/// check is off lets the image through as if the check had passed, and a
+/// warning rule whose check is off is not reported.
+#[cfg(not(feature = "rule-mutants"))]
+#[inline]
+pub(crate) const fn disabled(_rule: Rule) -> bool {
+    false
+}
+
+/// Whether the check of `rule` is switched off: the rule whose ID is in
+/// `VHDREF_DISABLE_RULE` (read once). See the normal build's `disabled`.
+#[cfg(feature = "rule-mutants")]
+pub(crate) fn disabled(rule: Rule) -> bool {
+    static OFF: std::sync::OnceLock<Option<Rule>> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        let id = std::env::var("VHDREF_DISABLE_RULE")
+            .ok()
+            .filter(|id| !id.is_empty())?;
+        let rule = Rule::from_id(&id);
+        assert!(rule.is_some(), "VHDREF_DISABLE_RULE={id} is no rule");
+        rule
+    }) == Some(rule)
+}
+
+/// `finding`, unless the check of its rule is switched off (see
+/// [`disabled`]): `findings.extend(rules::enforced(Finding::new(..)))`.
+pub(crate) fn enforced(finding: Finding) -> Option<Finding> {
+    (!disabled(finding.rule)).then_some(finding)
+}
+
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.id())

@@ -484,3 +484,32 @@ fn a_locator_whose_data_lies_in_the_bat_is_refused() {
     assert_eq!(rule, Some("HDR-TABLE-OFFSET"), "{text}");
     assert!(text.contains("parent locator 0"), "{text}");
 }
+
+#[test]
+fn a_locator_to_a_parent_with_another_unique_id_is_passed_over_for_the_next() {
+    // PAR-UNIQUE-ID during resolution: a candidate with another ID is not
+    // the parent, so the next locator is tried. Whichever locator the
+    // resolver tries first, the impostor is in one child's first place.
+    let dir = tempfile::tempdir().unwrap();
+    let parent = fixed_parent(&dir.path().join("parent.vhd"), SIZE, 1);
+    fixed_parent(&dir.path().join("impostor.vhd"), SIZE, 2);
+    for (first, second, name) in [
+        ("impostor", "parent", "a.vhd"),
+        ("parent", "impostor", "b.vhd"),
+    ] {
+        let c = child(parent.id(), parent.stamp())
+            .locator(Platform::W2ru, &format!(".\\{first}.vhd"), DataSpace::Bytes)
+            .locator(
+                Platform::W2ku,
+                &dir.path().join(format!("{second}.vhd")).to_string_lossy(),
+                DataSpace::Bytes,
+            );
+        let path = write(&dir.path().join(name), &c);
+        let mut img = Image::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(warnings(&img).is_empty(), "{name}: {:?}", img.findings());
+        assert!(
+            read_all(&mut img) == c.expected(&parent.expected(&[])),
+            "{name} reads its real parent under its own sectors"
+        );
+    }
+}

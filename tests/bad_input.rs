@@ -565,6 +565,7 @@ fn opening_for_writing_an_image_with_only_a_footer_copy_names_the_image() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ReadOnly);
     assert!(err.to_string().contains("damaged.vhd"), "{err}");
+    assert!(err.to_string().contains("(FTR-TRAILING)"), "{err}");
 }
 
 fn child_of(parent: &VhdBuilder) -> VhdBuilder {

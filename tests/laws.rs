@@ -323,6 +323,30 @@ fn dynamic_header_rejects_block_sizes_that_are_not_powers_of_two_in_range() {
     check(law as fn(ArbHeader, u32) -> TestResult);
 }
 
+#[test]
+fn dynamic_header_block_sizes_are_read_from_512_bytes_to_1_gib_and_no_further() {
+    // HDR-BLOCK-SIZE at its two ends: every power of two and its
+    // neighbours, so moving either limit by one step is seen.
+    let base = ArbHeader::arbitrary(&mut Gen::new(8)).0;
+    for shift in 0..32u32 {
+        let power = 1u32 << shift;
+        for block_size in [power - 1, power, power.saturating_add(1)] {
+            let mut header = base.clone();
+            header.block_size = block_size;
+            let parsed = DynHeader::parse(&header.to_bytes(), 512);
+            let valid = block_size.is_power_of_two() && (9..=30).contains(&shift);
+            if valid {
+                assert_eq!(parsed.ok(), Some(header), "block size {block_size}");
+            } else {
+                assert!(
+                    parsed.is_err_and(|e| e.rule() == Some(Rule::HdrBlockSize)),
+                    "block size {block_size} is HDR-BLOCK-SIZE"
+                );
+            }
+        }
+    }
+}
+
 // --------------------------------------------------------------- checksum
 
 #[test]

@@ -1,7 +1,8 @@
 //! The specification documents in `spec/` and the code must not drift apart:
 //! `spec/rules.md` documents exactly `Rule::ALL` (IDs, order, severities,
-//! summaries), every file, function and test it cites exists, and the byte
-//! tables of `spec/layouts.md` match the on-disk structs.
+//! summaries), every file, function and test it cites exists, every test
+//! cited for a rule names that rule, and the byte tables of
+//! `spec/layouts.md` match the on-disk structs.
 
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,7 @@ struct DocumentedRule {
     severity: String,
     enforced_by: String,
     test: String,
+    see_also: String,
 }
 
 fn documented_rules(doc: &str) -> Vec<DocumentedRule> {
@@ -72,6 +74,8 @@ fn documented_rules(doc: &str) -> Vec<DocumentedRule> {
             rule.enforced_by = v;
         } else if let Some(v) = field("- Test:") {
             rule.test = v;
+        } else if let Some(v) = field("- See also:") {
+            rule.see_also = v;
         }
     }
     rules
@@ -255,7 +259,179 @@ fn every_test_cited_in_rules_doc_exists() {
             "{id}: the test line cites no test file (found {:?})",
             documented.test
         );
+        check_citations(id, "see also", &documented.see_also, "tests/");
     }
+}
+
+/// The body of `fn name` in the Rust source `text`, from its opening brace
+/// to the matching closing one. Braces inside string and character
+/// literals and comments do not count.
+fn fn_body<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let start = [format!("fn {name}("), format!("fn {name}<")]
+        .iter()
+        .find_map(|pattern| text.find(pattern.as_str()))?;
+    let bytes = text.as_bytes();
+    let open = start + text[start..].find('{')?;
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[open..=i]);
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i += text[i..].find('\n').unwrap_or(text.len() - i);
+            }
+            b'"' => {
+                // A string (raw strings here have no `"` inside).
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' => {
+                // A character literal ('x', '\n', '\'') or a lifetime.
+                if bytes.get(i + 1) == Some(&b'\\') {
+                    i += 2 + text[i + 2..].find('\'').unwrap_or(0);
+                } else if bytes.get(i + 2) == Some(&b'\'') {
+                    i += 2;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `word` occurs in `text` as a whole word: not preceded or
+/// followed by a letter, digit, `_` or `-` (so `PAR-NAME` is not found in
+/// `PAR-NAME-MISMATCH`, nor `Rule::ParName` in `Rule::ParNameMismatch`).
+fn contains_word(text: &str, word: &str) -> bool {
+    let part_of_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(at, _)| {
+        !text[..at].chars().next_back().is_some_and(part_of_word)
+            && !text[at + word.len()..]
+                .chars()
+                .next()
+                .is_some_and(part_of_word)
+    })
+}
+
+/// Whether `body` calls the function `name` (`name(` not preceded by a
+/// letter, digit or `_`).
+fn calls(body: &str, name: &str) -> bool {
+    body.match_indices(&format!("{name}(")).any(|(at, _)| {
+        !body[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The names of the functions defined in `text` (`fn NAME(` or `fn NAME<`).
+fn defined_fns(text: &str) -> Vec<&str> {
+    text.match_indices("fn ")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + 3..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            matches!(rest.as_bytes()[end], b'(' | b'<').then(|| &rest[..end])
+        })
+        .collect()
+}
+
+/// Whether the test `name` of the source `text` names `rule`: its body, or
+/// the body of a function of the same file that it calls (a table of
+/// cases, a helper that builds the image and asserts), contains the rule's
+/// ID or its `Rule::` variant as a whole word.
+fn test_names_rule(text: &str, name: &str, rule: Rule) -> bool {
+    let variant = format!("Rule::{rule:?}");
+    let names = |body: &str| contains_word(body, rule.id()) || contains_word(body, &variant);
+    let Some(body) = fn_body(text, name) else {
+        return false;
+    };
+    names(body)
+        || defined_fns(text)
+            .into_iter()
+            .filter(|f| *f != name && calls(body, f))
+            .filter_map(|f| fn_body(text, f))
+            .any(names)
+}
+
+/// The tests cited on a "Test:" line, as (file, test name) pairs.
+fn cited_tests(value: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut file: Option<&str> = None;
+    for span in code_spans(value) {
+        if span.starts_with("tests/") {
+            file = Some(span);
+        } else if let Some(f) = file {
+            let name = span.rsplit("::").next().unwrap_or(span);
+            out.push((f.to_string(), name.to_string()));
+        }
+    }
+    out
+}
+
+/// A test cited for a rule must be about that rule: it asserts on the rule
+/// or its ID, not merely pass near it. The check is textual (see
+/// [`test_names_rule`]); `scripts/rule-mutants.sh` checks the same
+/// citations by running them with the rule switched off.
+#[test]
+fn every_test_cited_for_a_rule_names_that_rule() {
+    let doc = read_repo_file("spec/rules.md");
+    let mut unnamed = Vec::new();
+    for documented in documented_rules(&doc) {
+        let rule = Rule::from_id(&documented.id)
+            .unwrap_or_else(|| panic!("unknown rule {}", documented.id));
+        for (file, test) in cited_tests(&documented.test) {
+            let text = read_repo_file(&file);
+            if !test_names_rule(&text, &test, rule) {
+                unnamed.push(format!("{}: {file} {test}", rule.id()));
+            }
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "cited tests that do not name their rule (neither the ID nor the Rule:: variant in the test or a function of its file it calls):\n{}",
+        unnamed.join("\n")
+    );
+}
+
+#[test]
+fn the_check_for_a_named_rule_reads_bodies_and_whole_words() {
+    let text = r#"
+fn table() -> Vec<&'static str> { vec!["PAR-NAME-MISMATCH", "x}"] }
+#[test]
+fn a_test_with_a_table() { for case in table() { let _ = '}'; } }
+fn a_test_with_a_helper() { assert!(by_variant(x)); }
+fn by_variant() { assert_eq!(rule, Rule::ParNameMismatch); }
+fn by_id<'a>() { // PAR-SIZE is only in a comment here
+    assert!(message.contains("(PAR-SIZE)"));
+}
+fn elsewhere() {}
+// PAR-LOOP
+"#;
+    assert!(test_names_rule(
+        text,
+        "a_test_with_a_table",
+        Rule::ParNameMismatch
+    ));
+    assert!(!test_names_rule(text, "a_test_with_a_table", Rule::ParName));
+    assert!(test_names_rule(text, "by_variant", Rule::ParNameMismatch));
+    assert!(test_names_rule(
+        text,
+        "a_test_with_a_helper",
+        Rule::ParNameMismatch
+    ));
+    assert!(!test_names_rule(text, "by_variant", Rule::ParName));
+    assert!(test_names_rule(text, "by_id", Rule::ParSize));
+    assert!(!test_names_rule(text, "elsewhere", Rule::ParLoop));
+    assert!(!test_names_rule(text, "missing", Rule::ParLoop));
 }
 
 /// Rows `| offset | hex | size | `field` | notes |` of the table under `heading`

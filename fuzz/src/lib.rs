@@ -1,23 +1,206 @@
 //! The oracles behind the fuzz targets: each target in `fuzz_targets/` is a
 //! few lines that build an input and hand it to one of these.
 
+use std::collections::BTreeSet;
+
 use arbitrary::Arbitrary;
-use vhdref::model::Disk;
+use vhdref::check::{CheckOptions, Report, Verdict, check_storage};
+use vhdref::image::ParentResolver;
+use vhdref::model::{self, Disk};
 use vhdref::storage::MemStorage;
-use vhdref::{CreateOptions, DiskType, Error, ErrorKind, Image, OpenOptions, Rule, Timestamp};
+use vhdref::{
+    CreateOptions, DiskType, Error, ErrorKind, Image, OpenOptions, Rule, Severity, Timestamp,
+};
 
 /// Guest bytes read per call when reading a whole disk.
 pub const CHUNK: u64 = 1 << 20;
-/// Reads of one disk stop here (reading unallocated space is cheap, but not free).
-pub const READ_CAP: u64 = 256 << 20;
+/// Of a larger disk, this much is read: the first half and the last half
+/// (reading unallocated space is cheap, but not free).
+pub const READ_CAP: u64 = 16 << 20;
 
-/// Opens `bytes` as an image in memory, read-only. Locators are never
-/// followed (no allowed directory), so a differencing image without a
-/// parent fails with a parent error instead of touching the file system.
+/// Bit of the control byte of a raw-byte input: fix the trailing footer's
+/// checksum (the last 512 bytes).
+pub const FIX_TRAILING: u8 = 1;
+/// Bit of the control byte: fix the checksum of the footer copy at offset 0.
+pub const FIX_COPY: u8 = 2;
+/// Bit of the control byte: fix the checksum of the dynamic header that
+/// the trailing footer (or else the copy) points at.
+pub const FIX_HEADER: u8 = 4;
+
+/// The image a raw-byte input stands for: the input is one control byte
+/// and the image's bytes. Random bytes almost never carry a valid
+/// checksum, so the checksums the control byte names ([`FIX_TRAILING`],
+/// [`FIX_COPY`], [`FIX_HEADER`]) are computed and written before the image
+/// is opened; the fuzzer still reaches the checksum rules by clearing a bit.
+pub fn image_from_input(data: &[u8]) -> Vec<u8> {
+    let Some((&control, image)) = data.split_first() else {
+        return Vec::new();
+    };
+    let mut bytes = image.to_vec();
+    fix_checksums(&mut bytes, control);
+    bytes
+}
+
+/// The control byte under which [`image_from_input`] gives back `image`
+/// unchanged: a bit for each checksum that is already right.
+pub fn control_for(image: &[u8]) -> u8 {
+    let mut fixed = image.to_vec();
+    [FIX_TRAILING, FIX_COPY, FIX_HEADER]
+        .into_iter()
+        .filter(|&bit| {
+            fix_checksums(&mut fixed, bit);
+            let same = fixed == image;
+            fixed.copy_from_slice(image);
+            same
+        })
+        .fold(0, |a, b| a | b)
+}
+
+const FOOTER: usize = 512;
+const HEADER: usize = 1024;
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+fn be64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
+}
+
+/// Writes the checksum of the `len` bytes at `at` (field at `field`),
+/// computed by the pure model, if they lie in `bytes`.
+fn set_checksum(bytes: &mut [u8], at: usize, len: usize, field: usize) {
+    if let Some(region) = at
+        .checked_add(len)
+        .and_then(|end| bytes.get_mut(at..end))
+    {
+        let sum = model::checksum(region, field);
+        region[field..field + 4].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// Fixes the checksums `control` names: the header first (where the
+/// trailing footer points, or the copy when the trailing one has no
+/// cookie), then the copy, then the trailing footer.
+pub fn fix_checksums(bytes: &mut [u8], control: u8) {
+    let len = bytes.len();
+    let trailing = len.checked_sub(FOOTER);
+    if control & FIX_HEADER != 0 {
+        let footer = trailing
+            .filter(|&t| bytes[t..].starts_with(b"conectix"))
+            .unwrap_or(0);
+        if let Some(at) = be64(bytes, footer + 16).and_then(|o| usize::try_from(o).ok()) {
+            set_checksum(bytes, at, HEADER, 36);
+        }
+    }
+    if control & FIX_COPY != 0 && len >= 2 * FOOTER {
+        set_checksum(bytes, 0, FOOTER, 64);
+    }
+    if control & FIX_TRAILING != 0
+        && let Some(t) = trailing
+    {
+        set_checksum(bytes, t, FOOTER, 64);
+    }
+}
+
+/// Opens `bytes` as an image in memory, read-only, on its own: the parent
+/// of a differencing image is not looked for (and locators never reach
+/// the file system).
 pub fn open_bytes(bytes: &[u8]) -> Result<Image, Error> {
     OpenOptions::new()
-        .allow_parent_dirs(Vec::new())
+        .resolver(ParentResolver::deny_all())
+        .skip_parent(true)
         .open_storage(Box::new(MemStorage::from_bytes(bytes.to_vec())), "fuzz.vhd")
+}
+
+/// Opens `bytes` read-only with what it needs to be read: a differencing
+/// image gets an empty dynamic parent of its size with the unique ID and
+/// time stamp it records (so its clear sectors read as zeros). `None` when
+/// no such parent can be made (a size `create` refuses).
+pub fn open_readable(bytes: &[u8]) -> Option<Result<Image, Error>> {
+    let img = match open_bytes(bytes) {
+        Ok(img) if img.disk_type() == DiskType::Differencing => img,
+        other => return Some(other),
+    };
+    let header = img.dyn_header()?;
+    let parent = CreateOptions::new(DiskType::Dynamic, img.size())
+        .unique_id(header.parent_unique_id)
+        .time_stamp(header.parent_time_stamp)
+        .create_in(Box::new(MemStorage::new()), "parent.vhd", None)
+        .ok()?;
+    Some(
+        OpenOptions::new()
+            .resolver(ParentResolver::deny_all())
+            .parent_image(parent)
+            .open_storage(Box::new(MemStorage::from_bytes(bytes.to_vec())), "fuzz.vhd"),
+    )
+}
+
+/// What the disk of an opened image reads as by the pure model, straight
+/// from the image's bytes: the data area of a fixed image; for a dynamic
+/// or differencing image the BAT entry, bitmap bit and data sector of
+/// each sector read from the bytes (`vhdref::model`), zeros where the
+/// block is unallocated or the bit clear (a differencing image's parent
+/// here is empty). Only the footer's fields come from the driver.
+pub struct RawModel<'a> {
+    bytes: &'a [u8],
+    size: u64,
+    sparse: Option<(usize, u64)>,
+}
+
+impl<'a> RawModel<'a> {
+    /// The model of `bytes`, which `img` was opened from.
+    pub fn new(bytes: &'a [u8], img: &Image) -> Self {
+        let footer = img.footer();
+        let sparse = (footer.disk_type != DiskType::Fixed).then(|| {
+            let header = usize::try_from(footer.data_offset).expect("header inside the file");
+            let table = be64(bytes, header + 16).expect("the header lies in the file");
+            let block_size = be32(bytes, header + 32).expect("the header lies in the file");
+            (
+                usize::try_from(table).expect("table inside the file"),
+                u64::from(block_size),
+            )
+        });
+        RawModel {
+            bytes,
+            size: footer.current_size,
+            sparse,
+        }
+    }
+
+    /// Fills `buf` with the guest bytes at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) {
+        let Some((table, block_size)) = self.sparse else {
+            let at = usize::try_from(offset).expect("small");
+            buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
+            return;
+        };
+        let mut pos = offset;
+        for piece in buf.chunks_mut(512) {
+            // Pieces follow sector boundaries when `offset` is aligned.
+            let loc = model::locate(pos, block_size);
+            let entry = be32(self.bytes, table + 4 * loc.block as usize)
+                .expect("an image that opened has its BAT in the file");
+            piece.fill(0);
+            if entry != u32::MAX {
+                let bitmap = &self.bytes[entry as usize * 512..];
+                if model::bitmap_bit(bitmap, loc.sector_in_block) {
+                    let at = model::file_offset(entry, block_size, loc) as usize;
+                    let data = self
+                        .bytes
+                        .get(at..at + piece.len())
+                        .expect("an image that opened has its blocks in the file");
+                    piece.copy_from_slice(data);
+                }
+            }
+            pos += piece.len() as u64;
+        }
+    }
+
+    /// The guest size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 /// An error that an image, however broken, may produce: one naming a rule,
@@ -35,10 +218,32 @@ pub fn assert_acceptable(e: &Error) {
     assert!(!e.to_string().is_empty());
 }
 
-/// Reads the map and then the disk (up to [`READ_CAP`]) in chunks; checks
-/// that the map tiles the disk and that what it calls unallocated reads as
-/// zeros. Errors are returned for the caller to judge.
-pub fn read_everything(img: &mut Image) -> Result<(), Error> {
+/// The chunks of a disk of `size` bytes that are read: all of it up to
+/// [`READ_CAP`], else the first and the last half of that.
+fn chunks_to_read(size: u64) -> Vec<(u64, u64)> {
+    let mut ranges = vec![(0, size.min(READ_CAP / 2))];
+    if size > READ_CAP / 2 {
+        let tail = size.saturating_sub(READ_CAP / 2).max(READ_CAP / 2) / 512 * 512;
+        ranges.push((tail.max(READ_CAP / 2), size));
+    }
+    let mut out = Vec::new();
+    for (start, end) in ranges {
+        let mut offset = start;
+        while offset < end {
+            let n = CHUNK.min(end - offset);
+            out.push((offset, n));
+            offset += n;
+        }
+    }
+    out
+}
+
+/// Reads the map and then the disk (all of it, or the first and last
+/// halves of [`READ_CAP`]) in chunks; checks that the map tiles the disk,
+/// that what it calls unallocated reads as zeros, and, given a model, that
+/// every byte read is what the model says. Errors are returned for the
+/// caller to judge.
+pub fn read_everything(img: &mut Image, model: Option<&RawModel>) -> Result<(), Error> {
     let size = img.size();
     let map = img.map()?;
     let mut pos = 0;
@@ -50,10 +255,22 @@ pub fn read_everything(img: &mut Image) -> Result<(), Error> {
     }
     assert_eq!(pos, size, "map does not cover the disk");
     let mut buf = vec![0u8; CHUNK as usize];
-    let mut offset = 0;
-    while offset < size.min(READ_CAP) {
-        let n = CHUNK.min(size - offset) as usize;
+    let mut want = vec![0u8; if model.is_some() { CHUNK as usize } else { 0 }];
+    for (offset, n) in chunks_to_read(size) {
+        let n = n as usize;
         img.read_at(offset, &mut buf[..n])?;
+        if let Some(model) = model {
+            model.read(offset, &mut want[..n]);
+            if buf[..n] != want[..n] {
+                let at = buf.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                panic!(
+                    "byte {} reads {:#04x}, the model says {:#04x}",
+                    offset + at as u64,
+                    buf[at],
+                    want[at]
+                );
+            }
+        }
         for e in map.iter().filter(|e| !e.data) {
             let start = e.offset.max(offset);
             let end = (e.offset + e.length).min(offset + n as u64);
@@ -65,7 +282,6 @@ pub fn read_everything(img: &mut Image) -> Result<(), Error> {
                 );
             }
         }
-        offset += n as u64;
     }
     // Reading past the end is refused, never a panic.
     let mut one = [0u8; 1];
@@ -76,41 +292,106 @@ pub fn read_everything(img: &mut Image) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `open_read` oracle: whatever the bytes, opening and reading either
-/// works or fails with an acceptable error.
+/// The `open_read` oracle: whatever the bytes, opening either fails with
+/// an acceptable error or gives an image that reads, all of it, exactly
+/// as the pure model reads the bytes.
 pub fn open_and_read(bytes: &[u8]) {
-    match open_bytes(bytes) {
-        Ok(mut img) => {
-            if let Err(e) = read_everything(&mut img) {
-                assert_acceptable(&e);
-            }
-        }
-        Err(e) => assert_acceptable(&e),
+    match open_readable(bytes) {
+        None => {}
+        Some(Ok(mut img)) => read_as_the_model_says(bytes, &mut img),
+        Some(Err(e)) => assert_acceptable(&e),
     }
 }
 
-/// The `check` oracle (thin until the checker lands): every finding names
-/// a known rule and says something.
-pub fn findings_are_sound(bytes: &[u8]) {
-    let findings = match open_bytes(bytes) {
-        Ok(img) => img
-            .chain()
-            .iter()
-            .flat_map(|i| i.findings().to_vec())
-            .collect(),
-        Err(e) => {
-            assert_acceptable(&e);
-            e.to_finding().into_iter().collect::<Vec<_>>()
-        }
-    };
-    for f in findings {
+/// Reads all of `img` (opened from `bytes`) and compares it with the model.
+pub fn read_as_the_model_says(bytes: &[u8], img: &mut Image) {
+    let model = RawModel::new(bytes, img);
+    assert_eq!(model.size(), img.size());
+    if let Err(e) = read_everything(img, Some(&model)) {
+        panic!("an image that opened does not read: {e}");
+    }
+}
+
+/// Every finding names a known rule, with that rule's severity, and says
+/// what is wrong without repeating the rule ID.
+fn assert_sound(report: &Report) {
+    for located in &report.findings {
+        let f = &located.finding;
         assert!(Rule::ALL.contains(&f.rule), "unknown rule {:?}", f.rule);
-        assert_eq!(f.severity, f.rule.severity());
+        assert_eq!(f.severity, f.rule.severity(), "severity of {f}");
         assert!(!f.message.trim().is_empty(), "empty message for {}", f.rule);
         assert!(
             !f.message.ends_with(&format!("({})", f.rule.id())),
             "rule ID twice: {f}"
         );
+        assert_eq!(located.depth, 0, "a finding about another image: {f}");
+    }
+}
+
+/// The `check` oracle: the checker (`vhdref::check::check_storage`) judges
+/// the bytes; every finding is sound; it reports an error exactly when
+/// `open` refuses the image, and `open`'s rule is among its errors; a file
+/// it could not judge is one `open` calls no VHD, for the same rule;
+/// every warning of `open` is among its findings, with the same severity;
+/// an image it calls clean or only warns about opens and reads as the
+/// pure model says.
+pub fn check_agrees_with_open(bytes: &[u8]) {
+    let report = check_storage(
+        &MemStorage::from_bytes(bytes.to_vec()),
+        "fuzz.vhd",
+        &CheckOptions::new(),
+    );
+    assert_sound(&report);
+    let of = |severity: Severity| -> BTreeSet<Rule> {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.finding.severity == severity)
+            .map(|f| f.finding.rule)
+            .collect()
+    };
+    let (errors, warnings) = (of(Severity::Error), of(Severity::Warning));
+    let opened = open_bytes(bytes);
+    match (report.verdict(), opened) {
+        (Verdict::NotChecked, Ok(_)) => {
+            panic!("the checker could not judge it ({:?}) but open accepts it", report.not_checked)
+        }
+        (Verdict::NotChecked, Err(e)) => {
+            let not_checked = report.not_checked.as_ref().expect("a reason");
+            assert_eq!(
+                e.rule(),
+                not_checked.rule,
+                "open says {e}, the checker {not_checked:?}"
+            );
+        }
+        (Verdict::Errors, Ok(_)) => {
+            panic!("the checker found errors {errors:?} but open accepts it")
+        }
+        (Verdict::Errors, Err(e)) => {
+            let rule = e.rule();
+            assert!(
+                rule.is_some_and(|r| errors.contains(&r)),
+                "open refuses it with {e}, the checker found the errors {errors:?}"
+            );
+        }
+        (Verdict::Clean | Verdict::Warnings, Err(e)) => {
+            panic!("open refuses it ({e}) but the checker found only {warnings:?}")
+        }
+        (Verdict::Clean | Verdict::Warnings, Ok(img)) => {
+            for f in img.findings() {
+                assert!(
+                    warnings.contains(&f.rule) && f.severity == Severity::Warning,
+                    "open warns {f} ({:?}), the checker found {warnings:?}",
+                    f.severity
+                );
+            }
+            drop(img);
+            match open_readable(bytes) {
+                None => {}
+                Some(Ok(mut img)) => read_as_the_model_says(bytes, &mut img),
+                Some(Err(e)) => panic!("it opens on its own but not on its parent: {e}"),
+            }
+        }
     }
 }
 
@@ -435,7 +716,7 @@ pub fn open_child_on_parent(input: &ChainInput) {
         .open_storage(Box::new(MemStorage::from_bytes(child)), "child.vhd");
     match opened {
         Ok(mut img) => {
-            if let Err(e) = read_everything(&mut img) {
+            if let Err(e) = read_everything(&mut img, None) {
                 assert!(!pristine, "a valid child fails to read: {e}");
                 assert_acceptable(&e);
             } else if pristine {

@@ -10,7 +10,7 @@ use crate::format::{
     DYN_HEADER_SIZE, DiskType, FOOTER_SIZE, Footer, MAX_BLOCKS, Platform, SECTOR_SIZE, bitmap,
 };
 use crate::image::rules as open_rules;
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 use crate::storage::Storage;
 
 use super::CheckOptions;
@@ -177,7 +177,7 @@ fn judge_footer(
         FOOTER_SIZE
     };
     let bytes = read(storage, bytes_at, footer_len, "the footer")?;
-    if !Footer::reserved_is_zero(&bytes) {
+    if !Footer::reserved_is_zero(&bytes) && !rules::disabled(Rule::FtrReserved) {
         out.push(
             Finding::new(
                 Rule::FtrReserved,
@@ -200,7 +200,7 @@ fn judge_footer(
 fn judge_fixed(state: &FooterState, out: &mut Findings) {
     let current = state.footer.current_size;
     let data_len = state.offset;
-    if data_len < current {
+    if data_len < current && !rules::disabled(Rule::FtrFixedLength) {
         out.error(
             &Error::FixedLength {
                 current_size: current,
@@ -208,7 +208,7 @@ fn judge_fixed(state: &FooterState, out: &mut Findings) {
             },
             Some((0, data_len)),
         );
-    } else if data_len > current {
+    } else if data_len > current && !rules::disabled(Rule::FtrFixedSlack) {
         out.push(
             Finding::new(
                 Rule::FtrFixedSlack,
@@ -276,7 +276,7 @@ fn judge_sparse(
     for finding in header.lint() {
         out.push(finding.at(header_offset, DYN_HEADER_SIZE as u64));
     }
-    if !DynHeader::reserved_is_zero(&bytes) {
+    if !DynHeader::reserved_is_zero(&bytes) && !rules::disabled(Rule::HdrReserved) {
         out.push(
             Finding::new(
                 Rule::HdrReserved,
@@ -408,7 +408,7 @@ fn report_overlaps(
     broken: &mut Bits,
     out: &mut Findings,
 ) {
-    if pairs.is_empty() {
+    if pairs.is_empty() || rules::disabled(Rule::BatEntryOverlap) {
         return;
     }
     let mut values: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
@@ -538,7 +538,7 @@ fn judge_unused_entries(
         }
         pos += n;
     }
-    if allocated > 0 {
+    if allocated > 0 && !rules::disabled(Rule::BatEntryUnused) {
         out.push(
             Finding::new(
                 Rule::BatEntryUnused,
@@ -631,7 +631,10 @@ fn judge_bitmaps(
         storage
             .read_exact_at(&mut bits, start)
             .map_err(|e| Error::io(format!("reading the bitmap of block {i}"), e))?;
-        if past_end && (disk_sectors..sectors).any(|s| bitmap::get(&bits, s)) {
+        if past_end
+            && (disk_sectors..sectors).any(|s| bitmap::get(&bits, s))
+            && !rules::disabled(Rule::BmpPastEnd)
+        {
             out.push(
                 Finding::new(
                     Rule::BmpPastEnd,
@@ -676,7 +679,11 @@ fn judge_clear_data(
             storage
                 .read_exact_at(&mut buf, data_start + pos)
                 .map_err(|e| Error::io(format!("reading the data of block {block}"), e))?;
-            if let Some(k) = buf.iter().position(|&b| b != 0) {
+            if let Some(k) = buf
+                .iter()
+                .position(|&b| b != 0)
+                .filter(|_| !rules::disabled(Rule::BmpClearData))
+            {
                 let at = pos + k as u64;
                 out.push(
                     Finding::new(
@@ -715,7 +722,7 @@ fn judge_locators(storage: &dyn Storage, state: &SparseState, out: &mut Findings
             Platform::W2ru | Platform::W2ku | Platform::Wi2r | Platform::Wi2k | Platform::MacX
         )
     });
-    if !with_path {
+    if !with_path && !rules::disabled(Rule::ParLocatorMissing) {
         out.push(Finding::new(
             Rule::ParLocatorMissing,
             "no parent locator holds a path (W2ru, W2ku, Wi2r, Wi2k or MacX); only the parent name can find the parent",
@@ -752,7 +759,10 @@ fn judge_locators(storage: &dyn Storage, state: &SparseState, out: &mut Findings
         let loc = &h.parent_locators[i];
         let len = u64::from(loc.platform_data_length);
         let space = u64::from(loc.platform_data_space);
-        if space < len && space.saturating_mul(SECTOR_SIZE) < len {
+        if space < len
+            && space.saturating_mul(SECTOR_SIZE) < len
+            && !rules::disabled(Rule::ParLocatorSpace)
+        {
             out.push(
                 Finding::new(
                     Rule::ParLocatorSpace,
@@ -773,7 +783,7 @@ fn judge_locators(storage: &dyn Storage, state: &SparseState, out: &mut Findings
                     .map(|&(j, s, e)| (s, e, format!("parent locator {j}"))),
             )
             .find(|(s, e, _)| start < *e && *s < end);
-        if let Some((_, _, what)) = other {
+        if let Some((_, _, what)) = other.filter(|_| !rules::disabled(Rule::ParLocatorOverlap)) {
             out.push(
                 Finding::new(
                     Rule::ParLocatorOverlap,

@@ -15,7 +15,7 @@
 use crate::error::{Error, Result, count};
 use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
 use crate::format::{DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 use crate::storage::Storage;
 
 use super::CheckOptions;
@@ -83,6 +83,7 @@ pub(crate) fn judge_space(
         first_block,
         meta.iter().filter(|r| r.0 > 0).map(|r| r.1).max(),
     ) && first_start < meta_end
+        && !rules::disabled(Rule::FileOrder)
     {
         out.push(
             Finding::new(
@@ -104,7 +105,7 @@ pub(crate) fn judge_space(
     let mut covered = 0u64;
     let mut leaks = 0u64;
     let mut note = |start: u64, end: u64, out: &mut Findings| {
-        if end > start && end - start >= span {
+        if end > start && end - start >= span && !rules::disabled(Rule::FileLeak) {
             leaks += 1;
             out.push(
                 Finding::new(
@@ -153,6 +154,7 @@ pub(crate) fn judge_space(
         if limit - covered >= span {
             note(covered, limit, out);
         } else if options.data_checks
+            && !rules::disabled(Rule::FileTail)
             && let Some(at) = first_nonzero(storage, covered, limit)?
         {
             out.push(

@@ -10,7 +10,7 @@ use crate::format::DYN_HEADER_SIZE;
 use crate::format::checksum::checksum;
 use crate::format::locator::{LOCATOR_COUNT, LocatorEntry, RawLocatorEntry};
 use crate::format::timestamp::Timestamp;
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 
 /// The dynamic header cookie.
 pub const HEADER_COOKIE: [u8; 8] = *b"cxsparse";
@@ -96,7 +96,7 @@ impl DynHeader {
         check_header_cookie(bytes, offset)?;
         let computed = checksum(bytes, CHECKSUM_OFFSET);
         let stored = u32::from_be_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]);
-        if stored != computed {
+        if stored != computed && !rules::disabled(Rule::HdrChecksum) {
             return Err(Error::HeaderChecksum { stored, computed });
         }
         Self::parse_ignoring_checksum(bytes, offset)
@@ -116,7 +116,7 @@ impl DynHeader {
                 found: String::new(),
             })?;
         let header_version = raw.header_version.get();
-        if header_version >> 16 != 1 {
+        if header_version >> 16 != 1 && !rules::disabled(Rule::HdrVersion) {
             return Err(Error::HeaderVersion {
                 found: header_version,
             });
@@ -209,7 +209,7 @@ impl DynHeader {
     /// Soft rules of the header on its own (warnings).
     pub fn lint(&self) -> Vec<Finding> {
         let mut out = Vec::new();
-        if self.data_offset != u64::MAX {
+        if self.data_offset != u64::MAX && !rules::disabled(Rule::HdrDataOffset) {
             out.push(Finding::new(
                 Rule::HdrDataOffset,
                 format!(
@@ -223,7 +223,7 @@ impl DynHeader {
 }
 
 fn check_header_cookie(bytes: &[u8; DYN_HEADER_SIZE], offset: u64) -> Result<()> {
-    if bytes[..8] == HEADER_COOKIE {
+    if bytes[..8] == HEADER_COOKIE || rules::disabled(Rule::HdrCookie) {
         Ok(())
     } else {
         Err(Error::HeaderCookie {
@@ -235,7 +235,9 @@ fn check_header_cookie(bytes: &[u8; DYN_HEADER_SIZE], offset: u64) -> Result<()>
 
 /// HDR-BLOCK-SIZE: a power of two from [`MIN_BLOCK_SIZE`] to [`MAX_BLOCK_SIZE`].
 pub fn check_block_size(size: u32) -> Result<()> {
-    if size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size) {
+    if size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size)
+        || rules::disabled(Rule::HdrBlockSize)
+    {
         Ok(())
     } else {
         Err(Error::BlockSize { size })

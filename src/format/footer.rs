@@ -10,7 +10,7 @@ use crate::format::checksum::checksum;
 use crate::format::geometry::{Geometry, chs_rounded};
 use crate::format::timestamp::Timestamp;
 use crate::format::{FOOTER_SIZE, SECTOR_SIZE};
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 
 /// The footer cookie.
 pub const FOOTER_COOKIE: [u8; 8] = *b"conectix";
@@ -170,9 +170,12 @@ impl Footer {
         check_cookie(raw)?;
         let footer = Footer::from_raw(raw);
         check_version(raw)?;
-        let disk_type = DiskType::from_code(raw.disk_type.get()).ok_or(Error::FooterDiskType {
-            found: raw.disk_type.get(),
-        })?;
+        // Off, an unknown type is taken for a fixed disk.
+        let disk_type = DiskType::from_code(raw.disk_type.get())
+            .or_else(|| rules::disabled(Rule::FtrDiskType).then_some(DiskType::Fixed))
+            .ok_or(Error::FooterDiskType {
+                found: raw.disk_type.get(),
+            })?;
         Ok(Footer {
             disk_type,
             ..footer
@@ -240,8 +243,9 @@ impl Footer {
     /// The soft rules of the footer on its own (warnings).
     pub fn lint(&self) -> Vec<Finding> {
         let mut out = Vec::new();
-        if self.features & FEATURE_RESERVED == 0
-            || self.features & !(FEATURE_RESERVED | FEATURE_TEMPORARY) != 0
+        if (self.features & FEATURE_RESERVED == 0
+            || self.features & !(FEATURE_RESERVED | FEATURE_TEMPORARY) != 0)
+            && !rules::disabled(Rule::FtrFeatures)
         {
             out.push(Finding::new(
                 Rule::FtrFeatures,
@@ -251,7 +255,8 @@ impl Footer {
                 ),
             ));
         }
-        if !self.current_size.is_multiple_of(SECTOR_SIZE) {
+        if !self.current_size.is_multiple_of(SECTOR_SIZE) && !rules::disabled(Rule::FtrCurrentSize)
+        {
             out.push(Finding::new(
                 Rule::FtrCurrentSize,
                 format!(
@@ -260,19 +265,22 @@ impl Footer {
                 ),
             ));
         }
-        if self.saved_state {
+        if self.saved_state && !rules::disabled(Rule::FtrSavedState) {
             out.push(Finding::new(
                 Rule::FtrSavedState,
                 "the image is marked as being in a saved state",
             ));
         }
-        if self.unique_id.is_nil() {
+        if self.unique_id.is_nil() && !rules::disabled(Rule::FtrUniqueId) {
             out.push(Finding::new(
                 Rule::FtrUniqueId,
                 "the unique ID is all zeros",
             ));
         }
-        if self.disk_type == DiskType::Fixed && self.data_offset != NO_DATA_OFFSET {
+        if self.disk_type == DiskType::Fixed
+            && self.data_offset != NO_DATA_OFFSET
+            && !rules::disabled(Rule::FtrFixedDataOffset)
+        {
             out.push(Finding::new(
                 Rule::FtrFixedDataOffset,
                 format!(
@@ -291,7 +299,10 @@ impl Footer {
                 size == self.current_size && found == self.disk_geometry
             })
         };
-        if self.disk_geometry != expected && !found_by_rounding() {
+        if self.disk_geometry != expected
+            && !found_by_rounding()
+            && !rules::disabled(Rule::GeoAlgorithm)
+        {
             let g = self.disk_geometry;
             out.push(Finding::new(
                 Rule::GeoAlgorithm,
@@ -334,7 +345,7 @@ fn raw_footer(bytes: &[u8; FOOTER_SIZE]) -> Result<&RawFooter> {
 }
 
 fn check_cookie(raw: &RawFooter) -> Result<()> {
-    if raw.cookie == FOOTER_COOKIE {
+    if raw.cookie == FOOTER_COOKIE || rules::disabled(Rule::FtrCookie) {
         Ok(())
     } else {
         Err(Error::FooterCookie {
@@ -349,7 +360,7 @@ fn check_checksum(bytes: &[u8; FOOTER_SIZE]) -> Result<()> {
     let mut field = [0u8; 4];
     field.copy_from_slice(&bytes[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 4]);
     let stored = u32::from_be_bytes(field);
-    if stored == computed {
+    if stored == computed || rules::disabled(Rule::FtrChecksum) {
         Ok(())
     } else {
         Err(Error::FooterChecksum { stored, computed })
@@ -358,7 +369,7 @@ fn check_checksum(bytes: &[u8; FOOTER_SIZE]) -> Result<()> {
 
 fn check_version(raw: &RawFooter) -> Result<()> {
     let found = raw.file_format_version.get();
-    if found >> 16 == 1 {
+    if found >> 16 == 1 || rules::disabled(Rule::FtrVersion) {
         Ok(())
     } else {
         Err(Error::FooterVersion { found })

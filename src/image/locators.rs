@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use crate::error::count;
 use crate::format::locator::{MAX_LOCATOR_DATA, decode_locator};
 use crate::format::{DynHeader, Platform, SECTOR_SIZE};
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 
 /// Where a candidate path came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +82,10 @@ pub(crate) fn decode(
                 continue;
             }
             Platform::Unknown(code) => {
-                out.findings.push(Finding::new(
+                out.findings.extend(rules::enforced(Finding::new(
                     Rule::ParLocatorPlatform,
                     format!("parent locator {i} has unknown platform code {code:#010x}"),
-                ));
+                )));
                 continue;
             }
         };
@@ -96,13 +96,13 @@ pub(crate) fn decode(
             .checked_add(u64::from(len))
             .is_some_and(|end| end <= file_len && offset >= SECTOR_SIZE);
         if len == 0 || len > MAX_LOCATOR_DATA || !in_file {
-            out.findings.push(Finding::new(
+            out.findings.extend(rules::enforced(Finding::new(
                 Rule::ParLocatorBounds,
                 format!(
                     "parent locator {i} ({name}) has {} at offset {offset:#x}, not inside the file or over 64 KiB",
                     count(u64::from(len), "byte", "bytes")
                 ),
-            ));
+            )));
             out.skipped
                 .push(format!("locator {i} ({name}): data out of bounds"));
             continue;
@@ -115,10 +115,10 @@ pub(crate) fn decode(
             }
         };
         let Some(text) = decode_locator(platform, &data) else {
-            out.findings.push(Finding::new(
+            out.findings.extend(rules::enforced(Finding::new(
                 Rule::ParLocatorEncoding,
                 format!("parent locator {i} ({name}) is not text in its encoding"),
-            ));
+            )));
             out.skipped.push(format!("locator {i} ({name}): not text"));
             continue;
         };
@@ -154,10 +154,10 @@ pub(crate) fn decode(
                 ));
             }
         }
-        Some(Err(lossy)) => out.findings.push(Finding::new(
+        Some(Err(lossy)) => out.findings.extend(rules::enforced(Finding::new(
             Rule::ParName,
             format!("parent name is not valid UTF-16: {lossy:?}"),
-        )),
+        ))),
         None => {}
     }
     // A stable sort keeps the header's order within a rank.

@@ -8,7 +8,7 @@ use crate::format::bat::{UNALLOCATED, bat_size_on_disk, parse_bat};
 use crate::format::{
     DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, MAX_BLOCKS, SECTOR_SIZE,
 };
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 use crate::storage::{FileStorage, LockMode, OpenError, Storage};
 
 use super::parent::{self, ParentSource};
@@ -220,13 +220,20 @@ impl OpenOptions {
         {
             return Ok(());
         }
-        let (parent, source) = match (self.parent_image.take(), &self.parent_path) {
+        let found = match (self.parent_image.take(), &self.parent_path) {
             (Some(p), _) => {
                 let name = p.name().to_string();
-                (p, ParentSource::Caller(name))
+                Ok((p, ParentSource::Caller(name)))
             }
-            (None, Some(path)) => ParentResolver::open_given(image, path, self, guard)?,
-            (None, None) => self.resolver.find(image, self, guard)?,
+            (None, Some(path)) => ParentResolver::open_given(image, path, self, guard),
+            (None, None) => self.resolver.find(image, self, guard),
+        };
+        let (parent, source) = match found {
+            // Off, a child whose parent is not found opens without it.
+            Err(e) if e.rule() == Some(Rule::ParNotFound) && rules::disabled(Rule::ParNotFound) => {
+                return Ok(());
+            }
+            found => found?,
         };
         parent::check_parent(image, &parent, self.ignore_parent_id)?;
         image.parent = Some(Box::new(parent));
@@ -237,7 +244,7 @@ impl OpenOptions {
     /// A write open of an image readable only through its footer copy is
     /// refused (FTR-TRAILING).
     pub(crate) fn check_writable(&self, image: &Image) -> Result<()> {
-        if self.write && image.from_copy {
+        if self.write && image.from_copy && !rules::disabled(Rule::FtrTrailing) {
             return Err(Error::ReadOnly {
                 reason: format!(
                     "{}: the trailing footer is damaged and only the copy at offset 0 is valid (FTR-TRAILING); it can be opened read-only, or repaired",
@@ -263,13 +270,13 @@ impl OpenOptions {
         let layout = match footer.disk_type {
             DiskType::Fixed => {
                 let data_len = located.offset;
-                if data_len < footer.current_size {
+                if data_len < footer.current_size && !rules::disabled(Rule::FtrFixedLength) {
                     return Err(Error::FixedLength {
                         current_size: footer.current_size,
                         data_len,
                     });
                 }
-                if data_len > footer.current_size {
+                if data_len > footer.current_size && !rules::disabled(Rule::FtrFixedSlack) {
                     findings.push(Finding::new(
                         Rule::FtrFixedSlack,
                         format!(
@@ -354,7 +361,7 @@ pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) 
     let len = storage
         .len()
         .map_err(|e| Error::io("reading the file length", e))?;
-    if len < FOOTER_SIZE as u64 - 1 {
+    if len < FOOTER_SIZE as u64 - 1 && !rules::disabled(Rule::FtrSize) {
         return Err(Error::FooterSize { len });
     }
     let read = |offset: u64, n: usize| -> Result<[u8; FOOTER_SIZE]> {
@@ -364,7 +371,7 @@ pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) 
             .map_err(|e| Error::io("reading the footer", e))?;
         Ok(buf)
     };
-    let trailing = if len >= FOOTER_SIZE as u64 {
+    let trailing = if len >= FOOTER_SIZE as u64 || rules::disabled(Rule::FtrSize) {
         Footer::parse(&read(len - FOOTER_SIZE as u64, FOOTER_SIZE)?)
     } else {
         Err(Error::FooterSize { len })
@@ -374,7 +381,7 @@ pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) 
             let offset = len - FOOTER_SIZE as u64;
             if footer.disk_type.is_sparse() {
                 let copy = Footer::parse(&read(0, FOOTER_SIZE)?);
-                if copy.as_ref().ok() != Some(&footer) {
+                if copy.as_ref().ok() != Some(&footer) && !rules::disabled(Rule::FtrCopyMismatch) {
                     findings.push(Finding::new(
                         Rule::FtrCopyMismatch,
                         match copy {
@@ -398,7 +405,10 @@ pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) 
     if let Ok(footer) = short
         && footer.disk_type == DiskType::Fixed
     {
-        findings.push(Finding::new(Rule::Ftr511, "the footer is 511 bytes long"));
+        findings.extend(rules::enforced(Finding::new(
+            Rule::Ftr511,
+            "the footer is 511 bytes long",
+        )));
         return Ok(Located {
             footer,
             offset: len - (FOOTER_SIZE as u64 - 1),
@@ -411,12 +421,12 @@ pub(crate) fn locate_footer(storage: &dyn Storage, findings: &mut Vec<Finding>) 
     }
     let copy_note = match Footer::parse(&read(0, FOOTER_SIZE)?) {
         Ok(footer) if footer.disk_type.is_sparse() => {
-            findings.push(Finding::new(
+            findings.extend(rules::enforced(Finding::new(
                 Rule::FtrTrailing,
                 format!(
                     "the trailing footer is not valid ({first_error}); using the copy at offset 0, read-only"
                 ),
-            ));
+            )));
             return Ok(Located {
                 footer,
                 offset: len,
@@ -509,7 +519,9 @@ fn load_references(storage: &dyn Storage, footer: &Footer, footer_offset: u64) -
 /// trailing footer.
 pub(crate) fn check_header_place(header_offset: u64, footer_offset: u64) -> Result<()> {
     let header_end = header_offset.checked_add(DYN_HEADER_SIZE as u64);
-    if header_offset < FOOTER_SIZE as u64 || header_end.is_none_or(|end| end > footer_offset) {
+    if (header_offset < FOOTER_SIZE as u64 || header_end.is_none_or(|end| end > footer_offset))
+        && !rules::disabled(Rule::FtrDataOffset)
+    {
         return Err(Error::FooterDataOffset {
             offset: header_offset,
             reason: format!(
@@ -525,7 +537,7 @@ pub(crate) fn check_header_place(header_offset: u64, footer_offset: u64) -> Resu
 pub(crate) fn check_table_entries(header: &DynHeader, current_size: u64) -> Result<u64> {
     let block_size = u64::from(header.block_size);
     let used = current_size.div_ceil(block_size);
-    if used > MAX_BLOCKS {
+    if used > MAX_BLOCKS && !rules::disabled(Rule::HdrMaxTableEntries) {
         return Err(Error::MaxTableEntries {
             entries: header.max_table_entries,
             reason: format!(
@@ -533,7 +545,7 @@ pub(crate) fn check_table_entries(header: &DynHeader, current_size: u64) -> Resu
             ),
         });
     }
-    if u64::from(header.max_table_entries) < used {
+    if u64::from(header.max_table_entries) < used && !rules::disabled(Rule::HdrMaxTableEntries) {
         return Err(Error::MaxTableEntries {
             entries: header.max_table_entries,
             reason: format!(
@@ -560,7 +572,9 @@ pub(crate) fn check_table_in_file(header: &DynHeader, footer_offset: u64) -> Res
     let table_offset = header.table_offset;
     let table_bytes = u64::from(header.max_table_entries) * 4;
     let table_end = table_offset.checked_add(table_bytes);
-    if table_offset < FOOTER_SIZE as u64 || table_end.is_none_or(|end| end > footer_offset) {
+    if (table_offset < FOOTER_SIZE as u64 || table_end.is_none_or(|end| end > footer_offset))
+        && !rules::disabled(Rule::HdrTableOffset)
+    {
         return Err(Error::TableOffset {
             offset: table_offset,
             reason: format!(
@@ -574,7 +588,7 @@ pub(crate) fn check_table_in_file(header: &DynHeader, footer_offset: u64) -> Res
 
 /// HDR-TABLE-OFFSET, part 2: the table starts on a sector boundary.
 pub(crate) fn check_table_aligned(header: &DynHeader) -> Result<()> {
-    if header.table_offset.is_multiple_of(SECTOR_SIZE) {
+    if header.table_offset.is_multiple_of(SECTOR_SIZE) || rules::disabled(Rule::HdrTableOffset) {
         Ok(())
     } else {
         Err(Error::TableOffset {
@@ -588,7 +602,10 @@ pub(crate) fn check_table_aligned(header: &DynHeader) -> Result<()> {
 pub(crate) fn check_table_clear_of_header(header: &DynHeader, header_offset: u64) -> Result<()> {
     let table_offset = header.table_offset;
     let table_end = table_offset.saturating_add(u64::from(header.max_table_entries) * 4);
-    if table_offset < header_offset + DYN_HEADER_SIZE as u64 && header_offset < table_end {
+    if table_offset < header_offset + DYN_HEADER_SIZE as u64
+        && header_offset < table_end
+        && !rules::disabled(Rule::HdrTableOffset)
+    {
         return Err(Error::TableOffset {
             offset: table_offset,
             reason: format!("overlaps the dynamic header at {header_offset:#x}"),
@@ -607,7 +624,11 @@ pub(crate) fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
         let Some(end) = start.checked_add(u64::from(loc.platform_data_length)) else {
             continue;
         };
-        if loc.is_used() && start < table.end && table.start < end {
+        if loc.is_used()
+            && start < table.end
+            && table.start < end
+            && !rules::disabled(Rule::HdrTableOffset)
+        {
             return Err(Error::TableOffset {
                 offset: header.table_offset,
                 reason: format!("overlaps the data of parent locator {i} at {start:#x}"),
@@ -707,7 +728,7 @@ fn check_blocks(
             Some((prev_end, prev_block, prev_entry)) if in_order => {
                 if start < prev_end - span {
                     in_order = false;
-                } else if start < prev_end {
+                } else if start < prev_end && !rules::disabled(Rule::BatEntryOverlap) {
                     return Err(overlap(block_at(i), entry, prev_block, prev_entry));
                 }
             }
@@ -727,7 +748,7 @@ fn check_blocks(
         })
         .map(|w| (w[0], w[1]));
     *bat = reread()?;
-    if let Some((first, second)) = pair {
+    if let Some((first, second)) = pair.filter(|_| !rules::disabled(Rule::BatEntryOverlap)) {
         // Name the two blocks: the first index holding each entry (two
         // different indices when the entries are equal).
         let a = bat.iter().position(|&e| e == first).unwrap_or(0);
@@ -752,7 +773,7 @@ pub(crate) fn check_block_in_file(
     footer_offset: u64,
 ) -> Result<()> {
     let end = u64::from(entry) * SECTOR_SIZE + span;
-    if end > footer_offset {
+    if end > footer_offset && !rules::disabled(Rule::BatEntryBeyondEof) {
         return Err(Error::BatEntryBeyondEof {
             block,
             sector: entry,
@@ -774,12 +795,14 @@ pub(crate) fn check_block_clear_of_metadata(
     let start = u64::from(entry) * SECTOR_SIZE;
     let end = start + span;
     match regions.iter().find(|(rs, re, _)| start < *re && *rs < end) {
-        Some((_, _, what)) => Err(Error::BatEntryOverlap {
-            block,
-            sector: entry,
-            other: what.clone(),
-        }),
-        None => Ok(()),
+        Some((_, _, what)) if !rules::disabled(Rule::BatEntryOverlap) => {
+            Err(Error::BatEntryOverlap {
+                block,
+                sector: entry,
+                other: what.clone(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

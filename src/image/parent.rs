@@ -3,7 +3,7 @@
 //! decoding the references `super::locators`'.
 
 use crate::error::{Error, Result};
-use crate::rules::{Finding, Rule};
+use crate::rules::{self, Finding, Rule};
 use crate::storage::Storage;
 
 use super::locators::{self, Decoded};
@@ -72,7 +72,7 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
         return Ok(());
     };
     let found = parent.footer().unique_id;
-    if found != header.parent_unique_id {
+    if found != header.parent_unique_id && !rules::disabled(Rule::ParUniqueId) {
         let e = Error::ParentUniqueId {
             parent: parent.name().to_string(),
             expected: header.parent_unique_id,
@@ -89,7 +89,7 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
             .as_warning(),
         );
     }
-    if parent.size() != child.size() {
+    if parent.size() != child.size() && !rules::disabled(Rule::ParSize) {
         return Err(Error::ParentSize {
             parent: parent.name().to_string(),
             parent_size: parent.size(),
@@ -105,7 +105,8 @@ pub(crate) fn check_parent(child: &mut Image, parent: &Image, ignore_id: bool) -
         .and_then(|p| p.metadata().ok())
         .and_then(|m| m.modified().ok())
         .is_some_and(|t| crate::format::Timestamp::from_system_time(t) == stamp);
-    if stamp != parent.footer().time_stamp && !mtime_matches {
+    if stamp != parent.footer().time_stamp && !mtime_matches && !rules::disabled(Rule::ParTimestamp)
+    {
         child.findings.push(Finding::new(
             Rule::ParTimestamp,
             format!(
@@ -128,7 +129,10 @@ pub(crate) fn name_mismatch(header: &crate::format::DynHeader, parent: &Image) -
     };
     let recorded = name.rsplit(['\\', '/']).next().unwrap_or(&name);
     let actual = parent.path()?.file_name()?.to_string_lossy();
-    if recorded.is_empty() || recorded.to_lowercase() == actual.to_lowercase() {
+    if recorded.is_empty()
+        || recorded.to_lowercase() == actual.to_lowercase()
+        || rules::disabled(Rule::ParNameMismatch)
+    {
         return None;
     }
     Some(Finding::new(

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::rules::{self, Rule};
 
 use super::Image;
 use super::locators::{Candidate, Origin};
@@ -116,12 +117,12 @@ impl ChainGuard {
     /// PAR-LOOP if it is already in the chain, PAR-DEPTH if the chain would
     /// grow past the bound.
     pub(crate) fn enter(&mut self, id: Option<FileId>, name: &str) -> Result<()> {
-        if id.is_some() && self.seen.contains(&id) {
+        if id.is_some() && self.seen.contains(&id) && !rules::disabled(Rule::ParLoop) {
             return Err(Error::ParentLoop {
                 path: name.to_string(),
             });
         }
-        if self.seen.len() >= MAX_CHAIN_DEPTH {
+        if self.seen.len() >= MAX_CHAIN_DEPTH && !rules::disabled(Rule::ParDepth) {
             return Err(Error::ParentDepth {
                 limit: MAX_CHAIN_DEPTH,
             });
@@ -188,11 +189,17 @@ impl ParentResolver {
     ) -> Result<(Image, ParentSource)> {
         let of = of_child(child, guard);
         let shown = path.display().to_string();
-        let invalid = |cause: Error| Error::ParentInvalid {
-            parent: shown.clone(),
-            of: of.clone(),
-            cause: Box::new(cause),
-            tried: None,
+        // Off, the parent's own error is reported as the child's.
+        let invalid = |cause: Error| {
+            if rules::disabled(Rule::ParInvalid) {
+                return cause;
+            }
+            Error::ParentInvalid {
+                parent: shown.clone(),
+                of: of.clone(),
+                cause: Box::new(cause),
+                tried: None,
+            }
         };
         let meta = match image_metadata(path, true) {
             Ok(m) => m,
@@ -350,7 +357,7 @@ impl Search {
         };
         let found = image.footer().unique_id;
         let expected = self.expected;
-        if found != expected && !options.ignore_parent_id {
+        if found != expected && !options.ignore_parent_id && !rules::disabled(Rule::ParUniqueId) {
             self.tried.push(format!(
                 "{shown} ({kind}): unique ID {found} is not the {expected} the child records"
             ));
@@ -377,6 +384,10 @@ impl Search {
 
     /// Notes a candidate that exists but is not a usable image.
     fn invalid(&mut self, parent: String, cause: Error) {
+        if rules::disabled(Rule::ParInvalid) {
+            self.verdicts.invalid.get_or_insert(cause);
+            return;
+        }
         self.verdicts.invalid.get_or_insert(Error::ParentInvalid {
             parent,
             of: self.of.clone(),
@@ -427,7 +438,12 @@ pub(crate) fn given_parent_error(path: &Path, e: Error) -> Error {
                 tried: format!("{shown} (given): no such file"),
             }
         }
-        e if is_blocking(&e) || e.kind() == crate::ErrorKind::Parent => e,
+        e if is_blocking(&e)
+            || e.kind() == crate::ErrorKind::Parent
+            || rules::disabled(Rule::ParInvalid) =>
+        {
+            e
+        }
         e => Error::ParentInvalid {
             parent: shown,
             of: None,

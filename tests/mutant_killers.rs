@@ -1,0 +1,186 @@
+//! Tests that kill mutants cargo-mutants found alive, and the ones the key
+//! mutants (`scripts/key-mutants.txt`) are checked against: each pins a
+//! limit or a decision at its exact boundary, where a changed constant or
+//! comparison would otherwise go unnoticed (see `spec/mutants.md`).
+
+mod builder;
+
+use std::collections::BTreeMap;
+
+use builder::VhdBuilder;
+use vhdref::storage::{MemStorage, Storage};
+use vhdref::{CreateOptions, DiskType, ErrorKind, OpenOptions};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// A file of any length in memory that holds only what was written to it
+/// (in pieces) and reads zeros elsewhere: images whose footer lies near
+/// 2 TiB, without 2 TiB of memory.
+#[derive(Default)]
+struct SparseFile {
+    len: u64,
+    pieces: BTreeMap<u64, Vec<u8>>,
+}
+
+impl SparseFile {
+    fn with(len: u64, pieces: Vec<(u64, Vec<u8>)>) -> Self {
+        SparseFile {
+            len,
+            pieces: pieces.into_iter().collect(),
+        }
+    }
+}
+
+impl Storage for SparseFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.len)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.fill(0);
+        // Later pieces overwrite earlier ones where they overlap.
+        for (&at, bytes) in &self.pieces {
+            let (from, to) = (offset.max(at), end.min(at + bytes.len() as u64));
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        // Keep pieces disjoint: cut what the new one covers out of the old.
+        let end = offset + data.len() as u64;
+        let old: Vec<(u64, Vec<u8>)> = self
+            .pieces
+            .range(..end)
+            .filter(|(at, bytes)| **at + bytes.len() as u64 > offset)
+            .map(|(at, bytes)| (*at, bytes.clone()))
+            .collect();
+        for (at, bytes) in old {
+            self.pieces.remove(&at);
+            if at < offset {
+                self.pieces
+                    .insert(at, bytes[..(offset - at) as usize].to_vec());
+            }
+            let tail = at + bytes.len() as u64;
+            if tail > end {
+                self.pieces
+                    .insert(end, bytes[(end - at) as usize..].to_vec());
+            }
+        }
+        self.pieces.insert(offset, data.to_vec());
+        self.len = self.len.max(end);
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.len = len;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_disk_of_one_block_more_than_the_bound_is_refused_for_the_bound() {
+    // 512-byte blocks (in the header) and a one-entry table: the open
+    // refuses the disk either for its size or for its short table, and
+    // says which.
+    let refusal = |blocks: u64| {
+        let bytes = VhdBuilder::dynamic(4 * MIB)
+            .header_block_size(512)
+            .current_size(blocks * 512)
+            .max_table_entries(1)
+            .build();
+        let err = OpenOptions::new()
+            .open_storage(Box::new(MemStorage::from_bytes(bytes)), "huge.vhd")
+            .expect_err("a one-entry table is too short for either disk");
+        assert_eq!(
+            err.rule().map(vhdref::Rule::id),
+            Some("HDR-MAX-TABLE-ENTRIES")
+        );
+        err.to_string()
+    };
+    let over = refusal((1 << 26) + 1);
+    assert!(
+        over.contains("more than the bound of 67108864"),
+        "2^26 + 1 blocks: {over}"
+    );
+    let at = refusal(1 << 26);
+    assert!(
+        !at.contains("bound") && at.contains("67108864 blocks"),
+        "2^26 blocks are within the bound, only the table is short: {at}"
+    );
+}
+
+#[test]
+fn create_accepts_2040_gib_and_refuses_one_sector_more() {
+    let size = |bytes: u64| CreateOptions::new(DiskType::Dynamic, bytes).effective_size();
+    assert_eq!(size(2040 * GIB).expect("2040 GiB is the limit"), 2040 * GIB);
+    let err = size(2040 * GIB + 512).expect_err("one sector over the limit");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("2040 GiB"), "{err}");
+    let fixed = CreateOptions::new(DiskType::Fixed, 2040 * GIB + 512).effective_size();
+    assert!(fixed.is_err(), "the limit holds for fixed images too");
+}
+
+/// An empty dynamic image (4 MiB disk, 512 KiB blocks) whose trailing
+/// footer lies at sector `footer_sector` of a file that is otherwise holes.
+fn image_with_footer_at(footer_sector: u64) -> SparseFile {
+    let bytes = VhdBuilder::dynamic(4 * MIB).block_size(512 * 1024).build();
+    let footer = bytes[bytes.len() - 512..].to_vec();
+    let metadata = bytes[..bytes.len() - 512].to_vec();
+    let at = footer_sector * 512;
+    SparseFile::with(at + 512, vec![(0, metadata), (at, footer)])
+}
+
+#[test]
+fn a_block_is_never_allocated_where_a_bat_entry_cannot_point() {
+    // The next block would start at sector 0xFFFFFFFF, the value that
+    // means "unallocated": the write is refused and names the limit.
+    let mut img = OpenOptions::new()
+        .write(true)
+        .open_storage(Box::new(image_with_footer_at(0xFFFF_FFFF)), "edge.vhd")
+        .expect("an image ending at 2 TiB opens");
+    let err = img
+        .write_at(0, &[1; 512])
+        .expect_err("no block can start at sector 0xFFFFFFFF");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("2 TiB"), "{err}");
+    // One sector lower the block fits, and reads back.
+    let mut img = OpenOptions::new()
+        .write(true)
+        .open_storage(Box::new(image_with_footer_at(0xFFFF_FFFE)), "edge.vhd")
+        .expect("opens");
+    img.write_at(0, &[7; 512])
+        .expect("a block at sector 0xFFFFFFFE is addressable");
+    let mut back = [0u8; 512];
+    img.read_at(0, &mut back).expect("reads");
+    assert_eq!(back, [7; 512]);
+    assert_eq!(img.bat().expect("dynamic")[0], 0xFFFF_FFFE);
+}
+
+#[test]
+fn the_model_never_drops_its_base_layer() {
+    let mut disk = vhdref::model::Disk::new(4096);
+    disk.write(512, &[9; 512]);
+    disk.pop_child();
+    assert_eq!(disk.depth(), 1, "a disk always has its base");
+    assert_eq!(disk.read(512, 512), vec![9; 512]);
+    // With a child, dropping it keeps what the base reads as.
+    disk.push_child();
+    disk.write(0, &[3; 512]);
+    disk.pop_child();
+    assert_eq!(disk.depth(), 1);
+    assert_eq!(disk.read(0, 1024), [vec![0; 512], vec![9; 512]].concat());
+}
