@@ -9,7 +9,9 @@
 #
 # Usage: scripts/mutants-run.sh MODULE [SHARD] [-- EXTRA-TEST-BINARY-ARGS]
 #   MODULE  format | model | image | check
-#   SHARD   k/n: only every n-th mutant, starting at k (cargo mutants --shard)
+#   SHARD   k/n (0 <= k < n): only every n-th mutant, starting at the k-th
+#           (cargo mutants --shard k/n --sharding round-robin: a sample
+#           spread over the whole module)
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`). Slow: on two
 # cores a mutant takes about a minute; it runs at nice 19, one mutant and
 # one compiler job at a time.
@@ -69,9 +71,12 @@ git ls-files -z --cached --others --exclude-standard -- . ':!fuzz' |
   tar --null -T - -cf - | tar -xf - -C "$copy"
 echo "mutants-run: $module ${shard:+shard $shard }in $copy, results in $out" >&2
 status=0
+# No debug info: each mutant links a dozen test binaries, and linking is
+# most of a mutant's build time.
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-0}
 nice -n 19 cargo mutants --in-place -d "$copy" "${files[@]}" \
   --jobserver-tasks 1 --timeout 240 --build-timeout 1200 \
-  --output "$out" ${shard:+--shard "$shard"} \
+  --output "$out" ${shard:+--shard "$shard" --sharding round-robin} \
   -- "${present[@]}" -- "${extra[@]}" || status=$?
 for kind in caught missed timeout unviable; do
   printf "%s %s\n" "$kind" "$(cat "$out/mutants.out/$kind.txt" 2>/dev/null | wc -l)"
