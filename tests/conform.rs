@@ -519,6 +519,71 @@ fn a_reader_that_hangs_is_killed_at_the_time_limit_with_everything_it_started() 
 }
 
 #[test]
+fn an_interrupted_run_kills_the_reader_removes_its_scratch_and_reports_what_finished() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).expect("scratch parent");
+    let started = dir.path().join("started");
+    let late = dir.path().join("late");
+    // The first case (vs-dynamic) reads with vhd; the second hangs in a subshell that
+    // would write a file after 4 s. SIGINT comes while it hangs.
+    let template = format!(
+        "case {{image}} in *vs-dynamic*) \"$VHD\" convert {{image}} {{raw}} --to raw;; \
+         *) touch '{started}'; (sleep 4 && touch '{late}') & wait;; esac",
+        started = started.display(),
+        late = late.display()
+    );
+    let start = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_vhd"))
+        .args(["conform", "--output", "json", "--reader", &template])
+        .args(["--cases", "vs-fixed", "--cases", "vs-dynamic"])
+        .current_dir(root())
+        .env("TMPDIR", &scratch)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vhd runs");
+    while !started.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the hanging case never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill -INT {pid}");
+    let interrupted = Instant::now();
+    let out = child.wait_with_output().expect("vhd ends");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(3),
+        "an interrupt must not wait for the reader: {:?}",
+        interrupted.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted; the report covers the 1 case that finished"),
+        "{}",
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let names: Vec<Value> = cases(&report)
+        .into_iter()
+        .map(|(_, c)| c["name"].clone())
+        .collect();
+    assert_eq!(names, ["vs-dynamic"], "only the finished case is reported");
+    assert_eq!(case(&report, "vs-dynamic")["outcome"], "pass");
+    let left: Vec<_> = std::fs::read_dir(&scratch).expect("scratch").collect();
+    assert!(left.is_empty(), "scratch directories left behind: {left:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !late.exists(),
+        "a process the reader started outlived the interrupt"
+    );
+}
+
+#[test]
 fn a_writer_that_copies_the_raw_disk_writes_no_vhd() {
     let (code, report) = conform_json(&[
         "--writer",

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -41,7 +43,10 @@ use super::output::{Failure, escape, print, print_json, write_stdout, xml};
 /// time limit, in a scratch directory that is removed afterwards. The
 /// environment variable VHD names this vhd for adapters that call it.
 /// Exit status: 0 every case passed, 2 some case failed (or was
-/// unsupported, without --allow-unsupported), 1 nothing could be run.
+/// unsupported, without --allow-unsupported), 1 nothing could be run,
+/// 130 interrupted (SIGINT or SIGTERM: the running command and what it
+/// started are killed, the scratch directory removed, and the report
+/// covers the cases that finished; a second signal ends vhd at once).
 #[derive(Debug, Args)]
 #[allow(clippy::struct_excessive_bools)] // independent command-line switches
 #[command(
@@ -117,8 +122,10 @@ pub fn run(args: &ConformArgs) -> CmdResult {
         )
         .with_code(2));
     }
-    let selection = selection(args);
-    let peers = peers(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    super::serve::register_signals(&stop)?;
+    let selection = selection(args).stop_on(Arc::clone(&stop));
+    let peers = peers(args, &stop)?;
     let corpus = if peers.iter().any(|p| matches!(p, Peer::Reader(_))) {
         Some(load_corpus(args)?)
     } else {
@@ -161,17 +168,26 @@ pub fn run(args: &ConformArgs) -> CmdResult {
             ))?;
         }
         suites.push(suite);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
     }
     let total = suites
         .iter()
         .fold(Summary::default(), |t, s| t.plus(s.summary()));
+    let interrupted = stop.load(Ordering::Relaxed);
+    if interrupted && total.total() == 0 {
+        return Err(Failure::plain("conform: interrupted before any case finished").with_code(130));
+    }
     if total.total() == 0 {
         return Err(Failure::plain(format!(
             "conform: no case matches --cases {}",
             args.cases.join(" --cases ")
         )));
     }
-    let code = if total.all_passed(args.allow_unsupported) {
+    let code = if interrupted {
+        130
+    } else if total.all_passed(args.allow_unsupported) {
         0
     } else {
         2
@@ -193,6 +209,11 @@ pub fn run(args: &ConformArgs) -> CmdResult {
         ConformOutput::Junit => {
             write_stdout(&mut std::io::stdout().lock(), junit(&suites).as_bytes())?;
         }
+    }
+    if interrupted {
+        let n = total.total();
+        let cases = if n == 1 { "case" } else { "cases" };
+        eprintln!("vhd: conform: interrupted; the report covers the {n} {cases} that finished");
     }
     Ok(code)
 }
@@ -225,10 +246,12 @@ fn selection(args: &ConformArgs) -> Selection {
 }
 
 /// The peers to judge, in the order reader, writer, vhdref.
-fn peers(args: &ConformArgs) -> Result<Vec<Peer>, Failure> {
+fn peers(args: &ConformArgs, stop: &Arc<AtomicBool>) -> Result<Vec<Peer>, Failure> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let template = |cmd: &str| -> Result<CommandTemplate, Failure> {
-        let mut t = CommandTemplate::new(cmd, timeout).map_err(|e| failure(&e))?;
+        let mut t = CommandTemplate::new(cmd, timeout)
+            .map_err(|e| failure(&e))?
+            .stop_on(Arc::clone(stop));
         // Adapters that call vhd find this one, unless told otherwise.
         if std::env::var_os("VHD").is_none()
             && let Ok(exe) = std::env::current_exe()

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ pub enum Status {
     TimedOut,
     /// The command could not be started.
     NotStarted(String),
+    /// The run was stopped (with what it started) because the user
+    /// interrupted the whole conformance run.
+    Interrupted,
 }
 
 impl Status {
@@ -56,6 +60,7 @@ impl Status {
             Status::Killed(s) => format!("killed by signal {s}"),
             Status::TimedOut => "timed out".into(),
             Status::NotStarted(why) => format!("could not start: {why}"),
+            Status::Interrupted => "interrupted".into(),
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct CommandTemplate {
     template: String,
     timeout: Duration,
     env: Vec<(OsString, OsString)>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl CommandTemplate {
@@ -153,7 +159,17 @@ impl CommandTemplate {
             template: template.to_string(),
             timeout,
             env: Vec::new(),
+            stop: None,
         })
+    }
+
+    /// Ends a run early, killing the command and everything it started,
+    /// as soon as `flag` is set (by a signal handler, for instance): the
+    /// run then reports [`Status::Interrupted`].
+    #[must_use]
+    pub fn stop_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
     }
 
     /// Sets an environment variable for every run.
@@ -232,7 +248,7 @@ impl CommandTemplate {
         };
         let out = Collector::start(child.stdout.take());
         let err = Collector::start(child.stderr.take());
-        let status = wait_with_timeout(&mut child, self.timeout);
+        let status = wait_with_timeout(&mut child, self.timeout, self.stop.as_deref());
         Run {
             status,
             stderr: err.finish(),
@@ -270,8 +286,9 @@ fn quote(path: &Path) -> Result<String, ConformError> {
 }
 
 /// Waits for `child` for at most `timeout`; past it, kills its process
-/// group and reports [`Status::TimedOut`].
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Status {
+/// group and reports [`Status::TimedOut`]. When `stop` is set meanwhile,
+/// kills the group at once and reports [`Status::Interrupted`].
+fn wait_with_timeout(child: &mut Child, timeout: Duration, stop: Option<&AtomicBool>) -> Status {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
@@ -293,6 +310,11 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Status {
             kill_group(child);
             let _ = child.wait();
             return Status::TimedOut;
+        }
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            kill_group(child);
+            let _ = child.wait();
+            return Status::Interrupted;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));

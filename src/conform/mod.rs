@@ -51,6 +51,8 @@ mod reader;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -273,6 +275,7 @@ pub struct Selection {
     cases: Vec<Glob>,
     unsupported: Vec<Glob>,
     skip_differencing: bool,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Selection {
@@ -302,6 +305,22 @@ impl Selection {
     pub fn skip_differencing(mut self, skip: bool) -> Self {
         self.skip_differencing = skip;
         self
+    }
+
+    /// Ends the run before the next case once `flag` is set (by a signal
+    /// handler, for instance); the case in progress is left out of the
+    /// suite, and its scratch directory is removed.
+    #[must_use]
+    pub fn stop_on(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// Whether the run was asked to stop ([`Selection::stop_on`]).
+    pub fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
     /// Whether the case named `name` is to be run (or reported).

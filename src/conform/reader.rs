@@ -117,11 +117,18 @@ pub fn run_reader(
         if !selection.selects(&case.name) {
             continue;
         }
+        if selection.stopped() {
+            break;
+        }
         let start = Instant::now();
         let mut result = match selection.unsupported_reason(&case.name, case.is_differencing()) {
             Some(why) => CaseResult::new(&case.name, Outcome::Unsupported, why),
             None => run_case(corpus, case, reader)?,
         };
+        if selection.stopped() {
+            // Interrupted in the middle of this case: it has no verdict.
+            break;
+        }
         result.seconds = start.elapsed().as_secs_f64();
         progress(&result);
         suite.cases.push(result);
@@ -306,6 +313,7 @@ fn judge_refusal(case: &CorpusCase, raw: &Path, run: &Run) -> CaseResult {
         Status::NotStarted(why) => {
             CaseResult::new(name, Outcome::Fail, format!("could not start: {why}"))
         }
+        Status::Interrupted => CaseResult::new(name, Outcome::Fail, "interrupted"),
     };
     result.rules = rules;
     result

@@ -468,11 +468,18 @@ pub fn run_writer(
         if !selection.selects(&case.name) {
             continue;
         }
+        if selection.stopped() {
+            break;
+        }
         let start = Instant::now();
         let mut result = match selection.unsupported_reason(&case.name, false) {
             Some(why) => CaseResult::new(&case.name, Outcome::Unsupported, why),
             None => run_case(&case, writer)?,
         };
+        if selection.stopped() {
+            // Interrupted in the middle of this case: it has no verdict.
+            break;
+        }
         result.seconds = start.elapsed().as_secs_f64();
         progress(&result);
         suite.cases.push(result);
