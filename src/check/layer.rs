@@ -501,8 +501,10 @@ fn judge_unused_entries(
     out: &mut Findings,
 ) -> Result<Option<Vec<u32>>> {
     let mut kept = Some(Vec::new());
-    let start = state.header.table_offset + used * 4;
-    let end = state.header.table_offset + u64::from(state.header.max_table_entries) * 4;
+    // The checker goes on past HDR-TABLE-OFFSET: the offset may be anything.
+    let start = state.header.table_offset.saturating_add(used * 4);
+    let end =
+        (state.header.table_offset).saturating_add(u64::from(state.header.max_table_entries) * 4);
     let mut allocated = 0u64;
     let mut pos = start;
     let mut buf = Vec::new();
@@ -732,12 +734,14 @@ fn judge_locators(storage: &dyn Storage, state: &SparseState, out: &mut Findings
         (0, FOOTER_SIZE as u64, "the footer copy".to_string()),
         (
             state.header_offset,
-            state.header_offset + DYN_HEADER_SIZE as u64,
+            state.header_offset.saturating_add(DYN_HEADER_SIZE as u64),
             "the dynamic header".to_string(),
         ),
         (
             h.table_offset,
-            h.table_offset + bat_size_on_disk(h.max_table_entries),
+            // Any offset: the checker goes on past HDR-TABLE-OFFSET.
+            h.table_offset
+                .saturating_add(bat_size_on_disk(h.max_table_entries)),
             "the BAT".to_string(),
         ),
     ];

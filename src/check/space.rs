@@ -27,12 +27,15 @@ const WINDOW: u64 = 1 << 20;
 /// The regions of metadata that reference space: `(start, end)`.
 fn metadata(storage: &dyn Storage, state: &SparseState) -> Vec<(u64, u64)> {
     let h = &state.header;
-    let bat_end = h.table_offset + bat_size_on_disk(h.max_table_entries);
+    // Any offset: the checker goes on past HDR-TABLE-OFFSET.
+    let bat_end = h
+        .table_offset
+        .saturating_add(bat_size_on_disk(h.max_table_entries));
     let mut regions = vec![
         (0, FOOTER_SIZE as u64),
         (
             state.header_offset,
-            state.header_offset + DYN_HEADER_SIZE as u64,
+            state.header_offset.saturating_add(DYN_HEADER_SIZE as u64),
         ),
         (h.table_offset, bat_end),
     ];
@@ -53,7 +56,7 @@ fn metadata(storage: &dyn Storage, state: &SparseState) -> Vec<(u64, u64)> {
 /// holding the map's offset (u64) and size in sectors (u32), big-endian.
 fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
     let mut head = [0u8; BATMAP_HEAD_LEN];
-    if at + SECTOR_SIZE > limit || storage.read_exact_at(&mut head, at).is_err() {
+    if at.saturating_add(SECTOR_SIZE) > limit || storage.read_exact_at(&mut head, at).is_err() {
         return Vec::new();
     }
     let Some(map) = parse_batmap_head(&head, limit) else {

@@ -602,7 +602,7 @@ pub(crate) fn check_table_aligned(header: &DynHeader) -> Result<()> {
 pub(crate) fn check_table_clear_of_header(header: &DynHeader, header_offset: u64) -> Result<()> {
     let table_offset = header.table_offset;
     let table_end = table_offset.saturating_add(u64::from(header.max_table_entries) * 4);
-    if table_offset < header_offset + DYN_HEADER_SIZE as u64
+    if table_offset < header_offset.saturating_add(DYN_HEADER_SIZE as u64)
         && header_offset < table_end
         && !rules::disabled(Rule::HdrTableOffset)
     {
@@ -618,7 +618,8 @@ pub(crate) fn check_table_clear_of_header(header: &DynHeader, header_offset: u64
 /// locator (judged by the data length alone, so a doubtful data space
 /// never makes a false overlap).
 pub(crate) fn check_table_clear_of_locators(header: &DynHeader) -> Result<()> {
-    let table = header.table_offset..header.table_offset + u64::from(header.max_table_entries) * 4;
+    let table = header.table_offset
+        ..(header.table_offset).saturating_add(u64::from(header.max_table_entries) * 4);
     for (i, loc) in header.parent_locators.iter().enumerate() {
         let start = loc.platform_data_offset;
         let Some(end) = start.checked_add(u64::from(loc.platform_data_length)) else {
