@@ -64,11 +64,13 @@ done
 copy=${MUTANTS_COPY:-${TMPDIR:-/tmp}/vhdref-mutants}
 out=${MUTANTS_OUT:-$PWD/mutants/$module}
 # A fresh copy of the sources; its target/ is kept, so the dependencies
-# are built once for every module.
+# are built once for every module. The copies get the current time (tar
+# -m), so cargo rebuilds vhdref even when a run that was stopped left a
+# build of a mutant newer than the sources.
 mkdir -p "$copy" "$out"
 find "$copy" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 git ls-files -z --cached --others --exclude-standard -- . ':!fuzz' |
-  tar --null -T - -cf - | tar -xf - -C "$copy"
+  tar --null -T - -cf - | tar -xmf - -C "$copy"
 echo "mutants-run: $module ${shard:+shard $shard }in $copy, results in $out" >&2
 status=0
 # No debug info: each mutant links a dozen test binaries, and linking is
