@@ -448,3 +448,61 @@ fn the_chain_of_a_child_with_broken_blocks_is_still_judged() {
     let report = check::check(dir.path().join("child.vhd"), &CheckOptions::new());
     assert_eq!(rules(&report), [Rule::BatEntryBeyondEof, Rule::ParNotFound]);
 }
+
+#[test]
+fn blocks_of_entries_past_the_disk_are_not_leaks_but_other_unreferenced_blocks_are() {
+    // 16 blocks of disk, a BAT of 32 entries: entry 20 (past the disk) is
+    // BAT-ENTRY-UNUSED, and the block it points at is referenced, not
+    // leaked; block 3, whose entry was cleared, is FILE-LEAK.
+    let b = dynamic()
+        .max_table_entries(32)
+        .block(20, Bits::All, &pattern(BLOCK as usize, 3))
+        .block(5, Bits::All, &pattern(BLOCK as usize, 4))
+        .corrupt_at(|bytes, layout| {
+            let bat = usize::try_from(layout.bat_offset).unwrap();
+            // The builder lays out the disk's 16 entries; entry 20 lies in
+            // the BAT's padding, written here by hand.
+            let sector = u32::try_from(layout.blocks[&20] / 512).unwrap();
+            bytes[bat + 20 * 4..bat + 21 * 4].copy_from_slice(&sector.to_be_bytes());
+            bytes[bat + 3 * 4..bat + 4 * 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        });
+    let (bytes, layout) = b.build_with_layout();
+    let report = judge(bytes);
+    assert_eq!(
+        rules(&report),
+        [Rule::BatEntryUnused, Rule::FileLeak],
+        "{:?}",
+        report.findings
+    );
+    let leaks: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.finding.rule == Rule::FileLeak)
+        .map(|f| f.finding.offset)
+        .collect();
+    assert_eq!(leaks, [Some(layout.blocks[&3])], "only block 3 is leaked");
+}
+
+#[test]
+fn a_parent_given_to_the_checker_is_judged_in_place_of_the_locators() {
+    // The child's locator names base.vhd, which is gone; the parent was
+    // moved to moved.vhd. Without `parent` the child's parent is not
+    // found; with it the chain is judged whole, the parent as layer 1.
+    let dir = tempfile::tempdir().unwrap();
+    let child = chain_in(dir.path(), "base.vhd");
+    std::fs::rename(dir.path().join("base.vhd"), dir.path().join("moved.vhd")).unwrap();
+    std::fs::write(dir.path().join("child.vhd"), child.build()).unwrap();
+    let lost = check::check(dir.path().join("child.vhd"), &CheckOptions::new());
+    assert_eq!(rules(&lost), [Rule::ParNotFound], "{:?}", lost.findings);
+    let given = check::check(
+        dir.path().join("child.vhd"),
+        &CheckOptions::new().parent(dir.path().join("moved.vhd")),
+    );
+    assert_eq!(given.layers.len(), 2, "{:?}", given.findings);
+    assert_eq!(
+        rules(&given),
+        [Rule::ParNameMismatch],
+        "{:?}",
+        given.findings
+    );
+}
