@@ -506,3 +506,28 @@ fn a_parent_given_to_the_checker_is_judged_in_place_of_the_locators() {
         given.findings
     );
 }
+
+#[test]
+fn a_locator_without_data_overlaps_nothing() {
+    // Locator 1 keeps its place (at locator 0's data) but holds 0 bytes:
+    // empty data shares no byte with anything, so no PAR-LOCATOR-OVERLAP.
+    let b = child_with(&[
+        (Platform::W2ru, ".\\base.vhd"),
+        (Platform::W2ku, "/x/base.vhd"),
+    ])
+    .corrupt_at(|bytes, layout| {
+        let entry = 512 + 576 + 24;
+        bytes[entry + 8..entry + 12].copy_from_slice(&0u32.to_be_bytes());
+        bytes[entry + 16..entry + 24].copy_from_slice(&(layout.locators[0] + 4).to_be_bytes());
+        builder::set_header_checksum(&mut bytes[512..1536]);
+    });
+    let report = judge_alone(&b);
+    // Empty data is PAR-LOCATOR-BOUNDS (a locator must hold its path), and
+    // only that.
+    assert_eq!(
+        rules(&report),
+        [Rule::ParLocatorBounds],
+        "{:?}",
+        report.findings
+    );
+}
