@@ -184,3 +184,52 @@ fn the_model_never_drops_its_base_layer() {
     assert_eq!(disk.depth(), 1);
     assert_eq!(disk.read(0, 1024), [vec![0; 512], vec![9; 512]].concat());
 }
+
+/// The first byte of the bitmap of block 0 of a dynamic or differencing
+/// image held in `bytes`.
+fn first_bitmap_byte(bytes: &[u8]) -> u8 {
+    let be64 = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+    let header = usize::try_from(be64(bytes.len() - 512 + 16)).unwrap();
+    let table = usize::try_from(be64(header + 16)).unwrap();
+    let entry = u32::from_be_bytes(bytes[table..table + 4].try_into().unwrap());
+    bytes[usize::try_from(u64::from(entry) * 512).unwrap()]
+}
+
+#[test]
+fn a_childs_write_that_ends_on_a_group_boundary_still_copies_up_its_first_group() {
+    // Sectors 3 to 7 written: the group of sectors 0 to 7 is completed
+    // from the parent, so the bitmap holds whole 4 KiB groups (what
+    // libvhdi needs); the copied sectors read as the parent's.
+    for (offset, len) in [(3 * 512, 5 * 512), (3 * 512, 13 * 512), (0, 8 * 512)] {
+        let parent_mem = MemStorage::new();
+        let mut parent = CreateOptions::new(DiskType::Fixed, MIB)
+            .create_in(Box::new(parent_mem.clone()), "parent.vhd", None)
+            .unwrap();
+        let old: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
+        parent.write_at(0, &old).unwrap();
+        parent.close().unwrap();
+        let parent = OpenOptions::new()
+            .open_storage(Box::new(parent_mem), "parent.vhd")
+            .unwrap();
+        let child_mem = MemStorage::new();
+        let mut child = CreateOptions::new(DiskType::Differencing, 0)
+            .create_in(
+                Box::new(child_mem.clone()),
+                "child.vhd",
+                Some((parent, "parent.vhd")),
+            )
+            .unwrap();
+        child.write_at(offset, &vec![0xEE; len]).unwrap();
+        let mut back = vec![0u8; 16 * 512];
+        child.read_at(0, &mut back).unwrap();
+        child.close().unwrap();
+        let mut expected = old[..16 * 512].to_vec();
+        expected[offset as usize..offset as usize + len].fill(0xEE);
+        assert!(back == expected, "write of {len} at {offset} reads back");
+        assert_eq!(
+            first_bitmap_byte(&child_mem.to_vec()),
+            0xFF,
+            "write of {len} at {offset}: sectors 0 to 7 are the child's"
+        );
+    }
+}
