@@ -46,7 +46,7 @@ fn fixed_image_of_size_zero_maps_to_no_extent() {
 }
 
 /// `check` found (in a long run): a differencing image whose table offset
-/// lies near 2^64 (0xFFFF_FFFF_FFFF_FF2D in the fuzzer's input) made the
+/// lies near 2^64 (`0xFFFF_FFFF_FFFF_FF2D` in the fuzzer's input) made the
 /// checker, which goes on past HDR-TABLE-OFFSET, overflow where it placed
 /// the BAT among the regions a locator's data must not overlap (a panic
 /// with overflow checks, a wrong region without them). Dynamic images
@@ -65,8 +65,8 @@ fn a_table_offset_near_the_top_of_u64_is_hdr_table_offset_for_the_checker_and_op
             .locator(Platform::W2ru, ".\\parent.vhd", DataSpace::Bytes)
             .block(1, Bits::All, &pattern(4096, 2))
     }
-    let images: [(&str, fn() -> VhdBuilder); 2] =
-        [("dynamic", dynamic), ("differencing", differencing)];
+    type Make = fn() -> VhdBuilder;
+    let images: [(&str, Make); 2] = [("dynamic", dynamic), ("differencing", differencing)];
     for (kind, image) in images {
         for offset in [u64::MAX, 0xFFFF_FFFF_FFFF_FF2D, u64::MAX - 511, 1 << 63] {
             let bytes = image().table_offset(offset).build();
