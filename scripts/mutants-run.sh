@@ -41,7 +41,10 @@ case $module in
   model) files=(-f src/model.rs)
     tests=(--lib --test laws --test model_vs_driver --test checker_laws --test crash
       --test bitmap_cache) ;;
-  image) files=(-f 'src/image/*.rs') tests=(--lib "${fast[@]}") ;;
+  # maintenance.rs is the ground of the operations: their suites too.
+  image) files=(-f 'src/image/*.rs')
+    tests=(--lib "${fast[@]}" --test ops_compact --test ops_resize --test ops_rebase
+      --test ops_repair) ;;
   check) files=(-f 'src/check/*.rs')
     tests=(--lib --test checker --test checker_laws --test corpora --test open_rules
       --test broken_parents --test bad_chains --test cli_safety --test key_mutants) ;;

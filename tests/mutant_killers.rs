@@ -233,3 +233,54 @@ fn a_childs_write_that_ends_on_a_group_boundary_still_copies_up_its_first_group(
         );
     }
 }
+
+/// A dynamic image in memory, 8 blocks of 512 KiB, with data written in
+/// blocks 2 and 3 (in that order, so they lie next to each other in the
+/// file) and in block 6.
+fn three_blocks_written() -> vhdref::Image {
+    let bs = 512 * KIB;
+    let mut img = CreateOptions::new(DiskType::Dynamic, 8 * bs)
+        .block_size(512 * 1024)
+        .create_in(Box::new(MemStorage::new()), "d.vhd", None)
+        .unwrap();
+    img.write_at(2 * bs, &vec![1; usize::try_from(2 * bs).unwrap()])
+        .unwrap();
+    img.write_at(6 * bs, &[2; 512]).unwrap();
+    img
+}
+
+#[test]
+fn the_map_merges_neighbours_alike_and_only_those() {
+    // Holes next to each other merge across blocks; blocks 2 and 3 do not,
+    // as a bitmap lies between their data in the file.
+    let bs = 512 * KIB;
+    let mut img = three_blocks_written();
+    let map = img.map().unwrap();
+    let shape: Vec<(u64, u64, bool, Option<u64>)> = map
+        .iter()
+        .map(|e| (e.offset, e.length, e.data, e.file_offset))
+        .collect();
+    let block = |n: u64| Some(2048 + 512 + n * (bs + 512));
+    assert_eq!(
+        shape,
+        [
+            (0, 2 * bs, false, None),
+            (2 * bs, bs, true, block(0)),
+            (3 * bs, bs, true, block(1)),
+            (4 * bs, 2 * bs, false, None),
+            (6 * bs, 512, true, block(2)),
+            (6 * bs + 512, 2 * bs - 512, false, None),
+        ],
+        "{map:?}"
+    );
+}
+
+#[test]
+fn next_data_jumps_to_the_first_allocated_block_and_says_none_past_the_last() {
+    let bs = 512 * KIB;
+    let mut img = three_blocks_written();
+    assert_eq!(img.next_data(0).unwrap(), Some(2 * bs));
+    assert_eq!(img.next_data(2 * bs + 7).unwrap(), Some(2 * bs + 7));
+    assert_eq!(img.next_data(4 * bs).unwrap(), Some(6 * bs));
+    assert_eq!(img.next_data(7 * bs).unwrap(), None);
+}
