@@ -54,7 +54,16 @@ fn reserved_footer_bytes_that_are_not_zero_are_ftr_reserved() {
             builder::set_footer_checksum(&mut bytes[at - 500..at + 12]);
         }
     });
-    assert_eq!(rules(&judge(b.build())), [Rule::FtrReserved]);
+    let (bytes, layout) = b.build_with_layout();
+    let report = judge(bytes);
+    assert_eq!(rules(&report), [Rule::FtrReserved]);
+    // The finding names the reserved bytes of the trailing footer.
+    let f = &report.findings[0].finding;
+    assert_eq!(
+        (f.offset, f.length),
+        (Some(layout.footer_offset + 85), Some(427)),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -73,9 +82,14 @@ fn data_under_clear_bits_of_a_dynamic_image_is_bmp_clear_data() {
         Bits::Sectors(vec![0, 1]),
         &pattern(BLOCK as usize, 3),
     );
-    let report = judge(b.build());
+    let (bytes, layout) = b.build_with_layout();
+    let report = judge(bytes);
     assert_eq!(rules(&report), [Rule::BmpClearData]);
-    assert!(report.findings[0].finding.message.contains("sector 2"));
+    let f = &report.findings[0].finding;
+    assert!(f.message.contains("sector 2"));
+    // It points at that sector of the file: after the block's bitmap.
+    let sector_2 = layout.blocks[&1] + layout.bitmap_size + 2 * 512;
+    assert_eq!((f.offset, f.length), (Some(sector_2), Some(512)), "{f:?}");
     // The same with zeros under the clear bits is clean.
     let mut data = pattern(BLOCK as usize, 3);
     data[1024..].fill(0);

@@ -284,3 +284,45 @@ fn next_data_jumps_to_the_first_allocated_block_and_says_none_past_the_last() {
     assert_eq!(img.next_data(4 * bs).unwrap(), Some(6 * bs));
     assert_eq!(img.next_data(7 * bs).unwrap(), None);
 }
+
+#[test]
+fn locator_data_space_is_bytes_when_it_holds_the_data_and_sectors_otherwise() {
+    use vhdref::format::LocatorEntry;
+    let entry = |space: u32, length: u32| LocatorEntry {
+        platform_code: u32::from_be_bytes(*b"W2ru"),
+        platform_data_space: space,
+        platform_data_length: length,
+        platform_data_offset: 1536,
+    };
+    // (space, length) -> bytes of room.
+    for (space, length, room) in [
+        (1, 20, 512),   // one sector, as the spec counts
+        (20, 20, 20),   // bytes, as Hyper-V stores
+        (512, 20, 512), // both readings fit: the smaller
+        (0, 20, 0),
+        (0, 0, 0),
+        (3, 1000, 1536),
+    ] {
+        assert_eq!(
+            entry(space, length).data_space_bytes(),
+            room,
+            "space {space}, length {length}"
+        );
+    }
+}
+
+#[test]
+fn a_created_image_is_stamped_with_the_time_it_was_made() {
+    let before = vhdref::Timestamp::now();
+    let img = CreateOptions::new(DiskType::Dynamic, MIB)
+        .create_in(Box::new(MemStorage::new()), "d.vhd", None)
+        .unwrap();
+    let stamp = img.footer().time_stamp;
+    let after = vhdref::Timestamp::now();
+    assert!(
+        before <= stamp && stamp <= after,
+        "{stamp:?} not between {before:?} and {after:?}"
+    );
+    // And now is now: after 2026-01-01 (820,540,800 s after 2000-01-01).
+    assert!(stamp.0 > 820_540_800, "{stamp:?}");
+}
