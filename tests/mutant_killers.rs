@@ -326,3 +326,21 @@ fn a_created_image_is_stamped_with_the_time_it_was_made() {
     // And now is now: after 2026-01-01 (820,540,800 s after 2000-01-01).
     assert!(stamp.0 > 820_540_800, "{stamp:?}");
 }
+
+#[test]
+fn the_chs_size_rule_refuses_a_size_past_its_largest_geometry_and_names_that_size() {
+    // 65535 x 16 x 255 sectors of 512 bytes: 136,899,993,600 bytes.
+    let largest = 65535 * 16 * 255 * 512;
+    for (size, fits) in [(largest, true), (largest + 1, false), (200 * GIB, false)] {
+        let made = CreateOptions::new(DiskType::Dynamic, size)
+            .size_rule(vhdref::SizeRule::Chs)
+            .create_in(Box::new(MemStorage::new()), "d.vhd", None);
+        match (made, fits) {
+            (Ok(img), true) => assert_eq!(img.size(), largest),
+            (Err(vhdref::Error::SizeLimit { limit, .. }), false) => {
+                assert_eq!(limit, largest, "size {size}");
+            }
+            (other, _) => panic!("size {size}: {:?}", other.map(|i| i.size())),
+        }
+    }
+}

@@ -477,3 +477,15 @@ fn a_trailing_footer_off_a_sector_boundary_is_moved_up_first() {
         &compact_in,
     );
 }
+
+#[test]
+fn compact_keeps_the_blocks_of_an_image_with_xens_batmap_and_says_so() {
+    // Xen's vhd-util keeps a batmap (a bit per block) after the BAT:
+    // compact must not release or move blocks under it.
+    let (_dir, path) = support::corpus_copy("tap-dynamic.vhd.gz");
+    let before = std::fs::read(&path).unwrap();
+    let report = vhdref::ops::compact(&path, OpenOptions::new()).unwrap();
+    assert!(report.batmap_kept, "{report:?}");
+    assert_eq!(report.blocks_released, 0, "{report:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing moved");
+}
