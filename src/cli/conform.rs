@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -168,14 +168,14 @@ pub fn run(args: &ConformArgs) -> CmdResult {
             ))?;
         }
         suites.push(suite);
-        if stop.load(Ordering::Relaxed) {
+        if selection.stopped() {
             break;
         }
     }
     let total = suites
         .iter()
         .fold(Summary::default(), |t, s| t.plus(s.summary()));
-    let interrupted = stop.load(Ordering::Relaxed);
+    let interrupted = selection.stopped();
     if interrupted && total.total() == 0 {
         return Err(Failure::plain("conform: interrupted before any case finished").with_code(130));
     }
