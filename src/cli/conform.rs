@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::DiskType;
 use crate::conform::{
-    self, CaseResult, CommandReader, CommandTemplate, CommandWriter, ConformError, Corpus, Glob,
-    Outcome, Reader, Selection, Suite, Summary, VhdrefReader, VhdrefWriter, Writer,
+    self, CaseResult, CommandTemplate, ConformError, Corpus, Glob, Outcome, PeerCommand, Reader,
+    Selection, Suite, Summary, VhdrefReader, VhdrefWriter, Writer,
 };
 
 use super::CmdResult;
@@ -264,12 +264,12 @@ fn peers(args: &ConformArgs, stop: &Arc<AtomicBool>) -> Result<Vec<Peer>, Failur
     if let Some(cmd) = &args.reader {
         let t = template(cmd)?;
         let name = args.name.clone().unwrap_or_else(|| t.program_name());
-        peers.push(Peer::Reader(Box::new(CommandReader::new(name, t))));
+        peers.push(Peer::Reader(Box::new(PeerCommand::new(name, t))));
     }
     if let Some(cmd) = &args.writer {
         let t = template(cmd)?;
         let name = args.name.clone().unwrap_or_else(|| t.program_name());
-        peers.push(Peer::Writer(Box::new(CommandWriter::new(name, t))));
+        peers.push(Peer::Writer(Box::new(PeerCommand::new(name, t))));
     }
     if args.vhdref {
         peers.push(Peer::Reader(Box::new(VhdrefReader)));

@@ -131,6 +131,37 @@ impl Run {
     }
 }
 
+/// A peer run as a command: its name and its [`CommandTemplate`]. The same
+/// value serves as a [`Reader`](super::Reader) (`CMD {image} {raw}` reads
+/// `{image}` and writes `{raw}`) and as a [`Writer`](super::Writer)
+/// (it reads `{raw}` and writes `{image}`): the placeholders keep their
+/// names whatever the direction.
+#[derive(Debug, Clone)]
+pub struct PeerCommand {
+    name: String,
+    template: CommandTemplate,
+}
+
+impl PeerCommand {
+    /// The peer `name` run as `template`.
+    pub fn new(name: impl Into<String>, template: CommandTemplate) -> Self {
+        PeerCommand {
+            name: name.into(),
+            template,
+        }
+    }
+
+    /// The peer's name, for reports.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its command template.
+    pub fn template(&self) -> &CommandTemplate {
+        &self.template
+    }
+}
+
 /// A peer command line with the placeholders `{image}` and `{raw}`, run by
 /// `sh -c` with both replaced by shell-quoted absolute paths.
 #[derive(Debug, Clone)]

@@ -24,20 +24,20 @@
 //! up (CHS sizing) if the extra reads as zeros; the report says so. The
 //! disk of 0 bytes may be refused.
 //!
-//! Peers are [`Reader`]s and [`Writer`]s: a command template
-//! ([`CommandTemplate`], run by the shell with a time limit) or vhdref
+//! Peers are [`Reader`]s and [`Writer`]s: a command ([`PeerCommand`]: a
+//! name and a [`CommandTemplate`], run by the shell with a time limit) or vhdref
 //! itself in this process ([`VhdrefReader`], [`VhdrefWriter`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use vhdref::conform::{CommandReader, CommandTemplate, Corpus, Selection, run_reader};
+//! use vhdref::conform::{CommandTemplate, Corpus, PeerCommand, Selection, run_reader};
 //!
 //! let corpus = Corpus::load("corpora")?;
 //! let template = CommandTemplate::new(
 //!     "qemu-img convert -f vpc -O raw {image} {raw}",
 //!     Duration::from_secs(60),
 //! )?;
-//! let mut reader = CommandReader::new("qemu", template);
+//! let mut reader = PeerCommand::new("qemu", template);
 //! let suite = run_reader(&corpus, &mut reader, &Selection::new(), &mut |_| {})?;
 //! println!("{}", suite.summary().line());
 //! # Ok::<(), vhdref::conform::ConformError>(())
@@ -56,14 +56,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-pub use command::{CommandTemplate, Run, Status};
+pub use command::{CommandTemplate, PeerCommand, Run, Status};
 pub use compare::{Difference, first_difference, first_nonzero, raw_source, sha256_file};
 pub use corpus::{CaseInfo, Corpus, CorpusCase, Expected, Layer, MANIFEST_SCHEMA, default_dir};
 pub use glob::Glob;
-pub use reader::{CommandReader, Reader, VhdrefReader, run_reader};
+pub use reader::{Reader, VhdrefReader, run_reader};
 pub use writer::{
-    CommandWriter, VhdrefWriter, Writer, WriterCase, contents_changing_warning, run_writer,
-    writer_cases,
+    VhdrefWriter, Writer, WriterCase, contents_changing_warning, run_writer, writer_cases,
 };
 
 /// Why a conformance run could not be made at all (a case that fails is

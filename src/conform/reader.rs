@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::command::{CommandTemplate, Run, Status};
+use super::command::{PeerCommand, Run, Status};
 use super::compare::{first_difference, raw_source, sha256_file};
 use super::corpus::{Corpus, CorpusCase};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
@@ -25,34 +25,17 @@ pub trait Reader {
     fn read(&mut self, image: &Path, raw: &Path) -> Run;
 }
 
-/// A reader run as a command: `CMD {image} {raw}`.
-#[derive(Debug, Clone)]
-pub struct CommandReader {
-    name: String,
-    template: CommandTemplate,
-}
-
-impl CommandReader {
-    /// The reader `name` run as `template`.
-    pub fn new(name: impl Into<String>, template: CommandTemplate) -> Self {
-        CommandReader {
-            name: name.into(),
-            template,
-        }
-    }
-}
-
-impl Reader for CommandReader {
+impl Reader for PeerCommand {
     fn name(&self) -> String {
-        self.name.clone()
+        PeerCommand::name(self).to_string()
     }
 
     fn command(&self) -> Option<String> {
-        Some(self.template.as_str().to_string())
+        Some(self.template().as_str().to_string())
     }
 
     fn read(&mut self, image: &Path, raw: &Path) -> Run {
-        self.template.run(image, raw)
+        self.template().run(image, raw)
     }
 }
 

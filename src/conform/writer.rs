@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use super::command::{CommandTemplate, Run, Status};
+use super::command::{PeerCommand, Run, Status};
 use super::compare::{first_difference, first_nonzero, raw_source};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
 use crate::check::{self, CheckOptions, Verdict};
@@ -32,36 +32,19 @@ pub trait Writer {
     fn write(&mut self, raw: &Path, image: &Path) -> Run;
 }
 
-/// A writer run as a command: `CMD {raw} {image}`.
-#[derive(Debug, Clone)]
-pub struct CommandWriter {
-    name: String,
-    template: CommandTemplate,
-}
-
-impl CommandWriter {
-    /// The writer `name` run as `template`.
-    pub fn new(name: impl Into<String>, template: CommandTemplate) -> Self {
-        CommandWriter {
-            name: name.into(),
-            template,
-        }
-    }
-}
-
-impl Writer for CommandWriter {
+impl Writer for PeerCommand {
     fn name(&self) -> String {
-        self.name.clone()
+        PeerCommand::name(self).to_string()
     }
 
     fn command(&self) -> Option<String> {
-        Some(self.template.as_str().to_string())
+        Some(self.template().as_str().to_string())
     }
 
     fn write(&mut self, raw: &Path, image: &Path) -> Run {
-        // The template's placeholders are {image} and {raw} whatever the
-        // direction; the writer reads {raw} and writes {image}.
-        self.template.run(image, raw)
+        // The placeholders are {image} and {raw} whatever the direction;
+        // a writer reads {raw} and writes {image}.
+        self.template().run(image, raw)
     }
 }
 
