@@ -9,6 +9,16 @@
 #   bash scripts/bench-vs-qemu.sh              # everything (about 10 minutes)
 #   REPS=3 bash scripts/bench-vs-qemu.sh       # fewer repetitions
 #   ONLY=convert bash scripts/bench-vs-qemu.sh # only rows whose name has it
+#   RUNS_LOG=runs.tsv bash scripts/bench-vs-qemu.sh  # also every single run
+#
+# RUNS_LOG names a file that gets one line per run (case, file system,
+# repetition, tool, wall seconds, CPU seconds, peak RSS in KiB, and the
+# KiB of free memory the guest handed back to its host during the run,
+# from /sys/module/page_reporting/parameters/reported_kib where a virtual
+# machine has free page reporting; "-" elsewhere). On such a machine a
+# page the guest frees may be returned to the host, and the next process
+# that gets it pays for the host's fault on first touch: that shows as
+# system time in whatever copies into it, whichever tool that is.
 #
 # Method: every case runs REPS times (default 5; the large scaling rows 3);
 # within a repetition the tools run one after the other, the order turning
@@ -51,10 +61,23 @@ echo "qemu-img: $(qemu-img --version | head -1); vhd: $($vhd --version)"
 echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
-python3 - "$vhd" "$t_dir" "$d_dir" "${REPS:-5}" "${ONLY:-}" <<'PY'
+python3 - "$vhd" "$t_dir" "$d_dir" "${REPS:-5}" "${ONLY:-}" "${RUNS_LOG:-}" <<'PY'
 import os, random, shutil, statistics, subprocess, sys, time
 
 VHD, TDIR, DDIR, REPS, ONLY = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+RUNS_LOG = open(sys.argv[6], "w") if sys.argv[6] else None
+if RUNS_LOG:
+    RUNS_LOG.write("case\tfs\trep\ttool\twall_s\tcpu_s\trss_kib\treported_kib\n")
+REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def reported_kib():
+    """KiB of free memory handed back to the host so far, or None."""
+    try:
+        with open(REPORTED) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 MIB, GIB = 1 << 20, 1 << 30
 POOL = random.Random(1).randbytes(64 * MIB)  # data for allocated blocks
 
@@ -143,7 +166,14 @@ def case(name, fs, cwd, ours, theirs=None, floor=None, setup=None, reps=None):
             warm(cwd, argv)
             if fs == "disk":
                 os.sync()
+            before = reported_kib()
             res[key].append(timed(argv, cwd))
+            if RUNS_LOG:
+                after = reported_kib()
+                gone = "-" if before is None or after is None else str(after - before)
+                t, c, r = res[key][-1]
+                RUNS_LOG.write(f"{name}\t{fs}\t{rep}\t{key}\t{t:.3f}\t{c:.2f}\t{r}\t{gone}\n")
+                RUNS_LOG.flush()
     med = {k: (statistics.median(t for t, _, _ in v) if v else None) for k, v in res.items()}
     cpu = {k: (statistics.median(c for _, c, _ in v) if v else None) for k, v in res.items()}
     rss = {k: (max(r for _, _, r in v) if v else None) for k, v in res.items()}

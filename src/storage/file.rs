@@ -295,8 +295,18 @@ impl Storage for FileStorage {
         pread(&self.file, buf, offset)
     }
 
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        pwrite(&self.file, buf, offset)
+    /// Writes in pieces that never cross a [`WRITE_PIECE`] boundary of
+    /// the file (see there why).
+    fn write_all_at(&mut self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let to_boundary = WRITE_PIECE - offset % WRITE_PIECE;
+            let n = usize::try_from(to_boundary).map_or(buf.len(), |b| b.min(buf.len()));
+            let (piece, rest) = buf.split_at(n);
+            pwrite(&self.file, piece, offset)?;
+            buf = rest;
+            offset += n as u64;
+        }
+        Ok(())
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -351,6 +361,23 @@ fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
 }
 
+/// The largest piece [`FileStorage`] hands to one write call: 1 MiB, and
+/// never across a 1 MiB boundary of the file.
+///
+/// Why: Linux's page cache (ext4 since 6.x) gives a write that covers an
+/// aligned 2 MiB range one 2 MiB folio, taken from the allocator's
+/// highest-order free lists. In a virtual machine with free page
+/// reporting (a virtio balloon that hands free memory back to the host)
+/// those are exactly the pages the host has taken back, and filling one
+/// costs the host's faults on first touch. Measured on this project's
+/// machine (a Firecracker guest, ext4, 512 MiB written with `dd` after 3
+/// seconds idle): 2 MiB writes 0.93 to 1.29 s of system time, 1 MiB
+/// writes 0.14 to 0.17 s, 512 KiB writes 0.16 to 0.17 s. Smaller folios
+/// come from lower-order lists, which the host does not take back. On a
+/// machine without page reporting the pieces cost nothing measurable
+/// (one more system call per MiB).
+pub const WRITE_PIECE: u64 = 1024 * 1024;
+
 #[cfg(unix)]
 fn pwrite(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
@@ -384,4 +411,51 @@ fn pwrite(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that differ from their neighbours, so a piece written at the
+    /// wrong offset or twice shows.
+    fn numbered(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_write_split_into_pieces_lands_whole_and_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pieces");
+        let mut file = FileStorage::create_new(&path).unwrap();
+        let old = vec![0xA5u8; 6 << 20];
+        file.write_all_at(&old, 0).unwrap();
+        // Starts off a boundary, crosses three and ends off one.
+        let offset = WRITE_PIECE - 512 - 7;
+        let data = numbered(3 * WRITE_PIECE as usize + 4099);
+        file.write_all_at(&data, offset).unwrap();
+        let mut back = vec![0u8; old.len()];
+        file.read_exact_at(&mut back, 0).unwrap();
+        let start = usize::try_from(offset).unwrap();
+        let end = start + data.len();
+        assert!(back[..start].iter().all(|&b| b == 0xA5));
+        assert_eq!(&back[start..end], &data[..]);
+        assert!(back[end..].iter().all(|&b| b == 0xA5));
+    }
+
+    #[test]
+    fn a_write_of_exactly_one_aligned_piece_and_an_empty_write_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one");
+        let mut file = FileStorage::create_new(&path).unwrap();
+        let data = numbered(WRITE_PIECE as usize);
+        file.write_all_at(&data, WRITE_PIECE).unwrap();
+        file.write_all_at(&[], 5 * WRITE_PIECE).unwrap();
+        assert_eq!(file.len().unwrap(), 2 * WRITE_PIECE);
+        let mut back = vec![0u8; data.len()];
+        file.read_exact_at(&mut back, WRITE_PIECE).unwrap();
+        assert_eq!(back, data);
+    }
 }
