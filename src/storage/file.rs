@@ -371,8 +371,9 @@ fn pread(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 /// those are exactly the pages the host has taken back, and filling one
 /// costs the host's faults on first touch. Measured on this project's
 /// machine (a Firecracker guest, ext4, 512 MiB written with `dd` after 3
-/// seconds idle): 2 MiB writes 0.93 to 1.29 s of system time, 1 MiB
-/// writes 0.14 to 0.17 s, 512 KiB writes 0.16 to 0.17 s. Smaller folios
+/// seconds idle): 2 MiB writes 0.93 to 1.69 s of system time, 1 MiB
+/// writes 0.14 to 0.27 s, 512 KiB writes 0.16 to 0.17 s (details in
+/// `spec/performance.md`, "The host's share"). Smaller folios
 /// come from lower-order lists, which the host does not take back. On a
 /// machine without page reporting the pieces cost nothing measurable
 /// (one more system call per MiB).
