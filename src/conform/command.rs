@@ -131,6 +131,14 @@ impl Run {
     }
 }
 
+/// What a report says about a peer, reader or writer.
+pub trait Peer {
+    /// The peer's name, for reports.
+    fn name(&self) -> String;
+    /// Its command template, for reports (none for vhdref in this process).
+    fn command(&self) -> Option<String>;
+}
+
 /// A peer run as a command: its name and its [`CommandTemplate`]. The same
 /// value serves as a [`Reader`](super::Reader) (`CMD {image} {raw}` reads
 /// `{image}` and writes `{raw}`) and as a [`Writer`](super::Writer)
@@ -151,14 +159,19 @@ impl PeerCommand {
         }
     }
 
-    /// The peer's name, for reports.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Its command template.
     pub fn template(&self) -> &CommandTemplate {
         &self.template
+    }
+}
+
+impl Peer for PeerCommand {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn command(&self) -> Option<String> {
+        Some(self.template.as_str().to_string())
     }
 }
 

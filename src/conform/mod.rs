@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-pub use command::{CommandTemplate, PeerCommand, Run, Status};
+pub use command::{CommandTemplate, Peer, PeerCommand, Run, Status};
 pub use compare::{Difference, first_difference, first_nonzero, raw_source, sha256_file};
 pub use corpus::{CaseInfo, Corpus, CorpusCase, Expected, Layer, MANIFEST_SCHEMA, default_dir};
 pub use glob::Glob;

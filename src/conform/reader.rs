@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::command::{PeerCommand, Run, Status};
+use super::command::{Peer, PeerCommand, Run, Status};
 use super::compare::{first_difference, raw_source, sha256_file};
 use super::corpus::{Corpus, CorpusCase};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
@@ -15,25 +15,13 @@ use crate::storage::{FileStorage, Storage};
 /// An implementation that reads a VHD (with its parents, found beside
 /// it or through its locators) and writes its guest contents as a raw
 /// file.
-pub trait Reader {
-    /// The peer's name, for reports.
-    fn name(&self) -> String;
-    /// Its command template, for reports (none for vhdref in this process).
-    fn command(&self) -> Option<String>;
+pub trait Reader: Peer {
     /// Reads `image` and writes its guest contents to `raw` (which does
     /// not exist yet). A refusal is a run that does not exit 0.
     fn read(&mut self, image: &Path, raw: &Path) -> Run;
 }
 
 impl Reader for PeerCommand {
-    fn name(&self) -> String {
-        PeerCommand::name(self).to_string()
-    }
-
-    fn command(&self) -> Option<String> {
-        Some(self.template().as_str().to_string())
-    }
-
     fn read(&mut self, image: &Path, raw: &Path) -> Run {
         self.template().run(image, raw)
     }
@@ -44,7 +32,7 @@ impl Reader for PeerCommand {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VhdrefReader;
 
-impl Reader for VhdrefReader {
+impl Peer for VhdrefReader {
     fn name(&self) -> String {
         "vhdref".into()
     }
@@ -52,7 +40,9 @@ impl Reader for VhdrefReader {
     fn command(&self) -> Option<String> {
         None
     }
+}
 
+impl Reader for VhdrefReader {
     fn read(&mut self, image: &Path, raw: &Path) -> Run {
         let start = Instant::now();
         match read_to_raw(image, raw) {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use super::command::{PeerCommand, Run, Status};
+use super::command::{Peer, PeerCommand, Run, Status};
 use super::compare::{first_difference, first_nonzero, raw_source};
 use super::{CaseResult, ConformError, Outcome, Selection, Suite, SuiteKind, place, scratch};
 use crate::check::{self, CheckOptions, Verdict};
@@ -21,11 +21,7 @@ const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
 
 /// An implementation that turns a raw disk into a VHD.
-pub trait Writer {
-    /// The peer's name, for reports.
-    fn name(&self) -> String;
-    /// Its command template, for reports (none for vhdref in this process).
-    fn command(&self) -> Option<String>;
+pub trait Writer: Peer {
     /// Writes a VHD at `image` (which does not exist yet) holding the
     /// guest contents of the raw file `raw`. A refusal is a run that does
     /// not exit 0.
@@ -33,14 +29,6 @@ pub trait Writer {
 }
 
 impl Writer for PeerCommand {
-    fn name(&self) -> String {
-        PeerCommand::name(self).to_string()
-    }
-
-    fn command(&self) -> Option<String> {
-        Some(self.template().as_str().to_string())
-    }
-
     fn write(&mut self, raw: &Path, image: &Path) -> Run {
         // The placeholders are {image} and {raw} whatever the direction;
         // a writer reads {raw} and writes {image}.
@@ -63,7 +51,7 @@ impl VhdrefWriter {
     }
 }
 
-impl Writer for VhdrefWriter {
+impl Peer for VhdrefWriter {
     fn name(&self) -> String {
         format!("vhdref-{}", self.disk_type.name())
     }
@@ -71,7 +59,9 @@ impl Writer for VhdrefWriter {
     fn command(&self) -> Option<String> {
         None
     }
+}
 
+impl Writer for VhdrefWriter {
     fn write(&mut self, raw: &Path, image: &Path) -> Run {
         let start = Instant::now();
         match write_image(raw, image, self.disk_type) {
