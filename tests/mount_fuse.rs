@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{MIB, Rng, cmd, one_at_a_time, our_images, run, run_ok, temp_dir};
+use common::{MIB, Rng, cmd, one_at_a_time, our_images, prefilled_part, run, run_ok, temp_dir};
 use vhdref::{CreateOptions, DiskType};
 
 const VHD: &str = env!("CARGO_BIN_EXE_vhd");
@@ -138,18 +138,6 @@ fn vhd_convert(image: &Path, out: &Path) {
         "vhd convert: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-fn prefilled_part(path: &Path, size: u64, filled: u64) -> Vec<u8> {
-    let mut img = CreateOptions::new(DiskType::Dynamic, size)
-        .create(path)
-        .expect("creating");
-    let mut expected: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8 + 1).collect();
-    expected[filled as usize..].fill(0);
-    img.write_at(0, &expected[..filled as usize])
-        .expect("prefilling");
-    img.close().expect("closing");
-    expected
 }
 
 #[test]

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    MIB, Peer, Rng, cmd, one_at_a_time, our_images, peer_available, run, run_ok, temp_dir,
+    MIB, Peer, Rng, cmd, one_at_a_time, our_images, peer_available, prefilled_part, run, run_ok,
+    temp_dir,
 };
 use proptest::prelude::*;
 use vhdref::serve::proto::{self, Command as NbdCmd, GoRequest, MetaRequest, Request};
@@ -149,21 +150,6 @@ fn vhd_convert(image: &Path, dir: &Path) -> Vec<u8> {
 /// contents are never zeros), closed.
 fn prefilled(path: &Path, size: u64) -> Vec<u8> {
     prefilled_part(path, size, size)
-}
-
-/// A dynamic image of `size` bytes whose first `filled` bytes hold a
-/// pattern; the rest is unallocated (writes there allocate blocks, whose
-/// BAT entries only a flush makes durable).
-fn prefilled_part(path: &Path, size: u64, filled: u64) -> Vec<u8> {
-    let mut img = CreateOptions::new(DiskType::Dynamic, size)
-        .create(path)
-        .expect("creating");
-    let mut expected: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8 + 1).collect();
-    expected[filled as usize..].fill(0);
-    img.write_at(0, &expected[..filled as usize])
-        .expect("prefilling");
-    img.close().expect("closing");
-    expected
 }
 
 // ---------------------------------------------------------------------------

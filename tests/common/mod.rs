@@ -945,3 +945,19 @@ pub fn qemu_read(dir: &Path, image: &Path) -> Vec<u8> {
     std::fs::remove_file(&out).ok();
     bytes
 }
+
+/// A dynamic image of `size` bytes at `path` whose first `filled` bytes
+/// hold a pattern that is never zero (so old contents show), the rest
+/// unallocated (writes there allocate blocks, whose BAT entries only a
+/// flush makes durable); returns the guest contents.
+pub fn prefilled_part(path: &Path, size: u64, filled: u64) -> Vec<u8> {
+    let mut img = CreateOptions::new(DiskType::Dynamic, size)
+        .create(path)
+        .expect("creating");
+    let mut expected: Vec<u8> = (0..size).map(|i| (i / 512 % 251) as u8 + 1).collect();
+    expected[filled as usize..].fill(0);
+    img.write_at(0, &expected[..filled as usize])
+        .expect("prefilling");
+    img.close().expect("closing");
+    expected
+}
