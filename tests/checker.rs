@@ -195,6 +195,13 @@ fn child_with(locators: &[(Platform, &str)]) -> VhdBuilder {
     b.block(2, Bits::Sectors(vec![1]), &pattern(BLOCK as usize, 5))
 }
 
+/// The file offset of parent locator entry `i` of a child built by
+/// [`child_with`]: the header at 512, its locator table at 576, 24 bytes
+/// an entry (data space at +4, data length at +8, data offset at +16).
+fn locator_entry(i: usize) -> usize {
+    512 + 576 + 24 * i
+}
+
 fn judge_alone(b: &VhdBuilder) -> Report {
     let options = CheckOptions::new().follow_parents(false);
     check::check_storage(&MemStorage::from_bytes(b.build()), "child.vhd", &options)
@@ -208,8 +215,8 @@ fn locator_data_over_another_locators_is_par_locator_overlap() {
     ])
     .corrupt_at(|bytes, layout| {
         // Point locator 1 at locator 0's data.
-        let entry = 512 + 576 + 24 + 16;
-        bytes[entry..entry + 8].copy_from_slice(&layout.locators[0].to_be_bytes());
+        let entry = locator_entry(1);
+        bytes[entry + 16..entry + 24].copy_from_slice(&layout.locators[0].to_be_bytes());
         builder::set_header_checksum(&mut bytes[512..1536]);
     });
     assert_eq!(rules(&judge_alone(&b)), [Rule::ParLocatorOverlap]);
@@ -219,7 +226,8 @@ fn locator_data_over_another_locators_is_par_locator_overlap() {
 fn a_data_space_too_small_in_bytes_and_in_sectors_is_par_locator_space() {
     let b = child_with(&[(Platform::W2ru, ".\\base.vhd")]).corrupt(|bytes| {
         // Space 0 for 20 bytes of data: too small read either way.
-        bytes[512 + 576 + 4..512 + 576 + 8].copy_from_slice(&0u32.to_be_bytes());
+        let entry = locator_entry(0);
+        bytes[entry + 4..entry + 8].copy_from_slice(&0u32.to_be_bytes());
         builder::set_header_checksum(&mut bytes[512..1536]);
     });
     assert_eq!(rules(&judge_alone(&b)), [Rule::ParLocatorSpace]);
@@ -530,7 +538,7 @@ fn a_locator_without_data_overlaps_nothing() {
         (Platform::W2ku, "/x/base.vhd"),
     ])
     .corrupt_at(|bytes, layout| {
-        let entry = 512 + 576 + 24;
+        let entry = locator_entry(1);
         bytes[entry + 8..entry + 12].copy_from_slice(&0u32.to_be_bytes());
         bytes[entry + 16..entry + 24].copy_from_slice(&(layout.locators[0] + 4).to_be_bytes());
         builder::set_header_checksum(&mut bytes[512..1536]);
