@@ -3,34 +3,57 @@
 //!
 //! A [`Source`] is a guest disk to read (an [`Image`] with its chain, or a
 //! raw file); a [`Sink`] is where the guest bytes go (an [`Image`] open for
-//! writing, or a raw file). [`copy`] moves the bytes in chunks of
-//! [`CHUNK`] bytes, jumps over stretches the source says hold no data,
-//! and writes only the 64 KiB pieces that are not all zeros, so what is
-//! unallocated in the source stays unallocated (or a hole) in the output.
+//! writing, or a raw file). [`copy`] moves the bytes in chunks, jumps over
+//! stretches the source says hold no data, and writes only the 64 KiB
+//! pieces that are not all zeros, so what is unallocated in the source
+//! stays unallocated (or a hole) in the output.
 //!
-//! # Overlapped reads and writes
+//! # Three ways to move the bytes
 //!
-//! By default ([`Mode::Overlapped`]) the source is read in one thread and
-//! the sink written in another: the reader owns the source, reads a chunk,
-//! finds its non-zero pieces and passes it on through a bounded channel;
-//! the writer (the calling thread) owns the sink and writes. So the read
-//! of one chunk runs while the previous one is written, and at most
-//! [`BUFFERS`] chunks are ever in memory. [`Mode::Plain`] does the same
-//! steps one after the other in the calling thread: the reference the
-//! overlapped copy is tested against (`tests/fast_paths.rs`), and both
-//! give the same bytes in the same write calls.
+//! * [`Mode::Parallel`] (the default, where the sink allows it: a raw
+//!   file or a fixed image, whose contents do not depend on the order of
+//!   the writes): [`WORKERS`] threads each take the next chunk of
+//!   [`PARALLEL_CHUNK`] bytes, read it (one at a time: the source sits
+//!   behind a lock) and write it themselves. The bytes a worker writes
+//!   are still in its own cache, and one worker reads while the other
+//!   writes.
+//! * [`Mode::Overlapped`] (the default for every other sink, a dynamic
+//!   image above all): the source is read in one thread and the sink
+//!   written in another. The reader owns the source, reads a chunk of
+//!   [`CHUNK`] bytes, finds its non-zero pieces and passes it on through
+//!   a bounded channel; the writer (the calling thread) owns the sink and
+//!   writes in order. At most [`BUFFERS`] chunks are ever in memory.
+//! * [`Mode::Plain`] does the steps of the overlapped copy one after the
+//!   other in the calling thread: the reference the others are tested
+//!   against (`tests/fast_paths.rs`). The overlapped copy makes the same
+//!   write calls in the same order; the parallel one writes the same
+//!   bytes, in other calls and another order.
+//!
+//! spec/performance.md has the measurements behind the chunk sizes and
+//! the number of workers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, SharedWrite, Storage};
 
-/// Bytes read per step. Chunks start at multiples of this (so at block
-/// boundaries of every output block size up to it; larger blocks are
-/// filled by several chunks in order).
+/// Bytes read per step of an overlapped or plain copy. Chunks start at
+/// multiples of this (so at block boundaries of every output block size
+/// up to it; larger blocks are filled by several chunks in order).
 pub const CHUNK: u64 = 2 * 1024 * 1024;
 /// Chunks in memory at once in an overlapped copy: one being read, one
 /// being written, and the rest queued between them.
 pub const BUFFERS: usize = 4;
+/// Bytes each worker of a parallel copy reads and then writes per step:
+/// small, so that they are still in the worker's cache when it writes
+/// them (a multiple of the 64 KiB unit in which zeros are skipped).
+pub const PARALLEL_CHUNK: u64 = 1024 * 1024;
+/// Threads of a parallel copy, the calling thread included. Writes into
+/// one file wait for each other in the kernel (the file's lock), so more
+/// workers than one reading and one writing only wait longer.
+pub const WORKERS: usize = 2;
 /// The unit in which zeros are skipped when writing.
 const PIECE: usize = 64 * 1024;
 
@@ -149,11 +172,71 @@ impl Source for RawSource {
 pub trait Sink {
     /// Writes `data` at guest `offset`.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// A handle through which several threads may write at once, for a
+    /// sink whose contents do not depend on the order of its writes (a
+    /// raw file, a fixed image): see [`Mode::Parallel`]. `None` (the
+    /// default) where writes must come one at a time and in order: a
+    /// dynamic image places its blocks in the order they are first
+    /// written.
+    fn shared(&mut self) -> Option<SharedSink<'_>> {
+        None
+    }
+}
+
+/// Writes into a [`Sink`] from several threads at once (see
+/// [`Sink::shared`]): guest offsets are storage offsets, below a limit.
+#[derive(Clone, Copy)]
+pub struct SharedSink<'a> {
+    writer: &'a dyn SharedWrite,
+    name: &'a str,
+    limit: u64,
+}
+
+impl std::fmt::Debug for SharedSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSink")
+            .field("name", &self.name)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SharedSink<'a> {
+    /// Writes through `writer` at the guest offsets themselves, refusing
+    /// any byte at or past `limit` (a fixed image's footer starts there);
+    /// `name` is used in messages.
+    pub fn new(writer: &'a dyn SharedWrite, name: &'a str, limit: u64) -> Self {
+        SharedSink {
+            writer,
+            name,
+            limit,
+        }
+    }
+
+    /// Writes `data` at guest `offset`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.limit) {
+            return Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.limit,
+            });
+        }
+        self.writer
+            .write_shared(data, offset)
+            .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.name), e))
+    }
 }
 
 impl Sink for Image {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         Image::write_at(self, offset, data)
+    }
+
+    fn shared(&mut self) -> Option<SharedSink<'_>> {
+        self.shared_sink()
     }
 }
 
@@ -196,6 +279,11 @@ impl Sink for RawSink {
             .write_all_at(data, offset)
             .map_err(|e| Error::io(format!("writing {} at offset {offset}", self.name), e))
     }
+
+    fn shared(&mut self) -> Option<SharedSink<'_>> {
+        let writer = self.storage.shared_writer()?;
+        Some(SharedSink::new(writer, &self.name, u64::MAX))
+    }
 }
 
 /// Bytes an [`OutputFile`] lets pile up in the page cache before it asks
@@ -218,14 +306,21 @@ pub enum Durability {
 }
 
 /// The output file of a convert: a [`FileStorage`] whose syncs and
-/// write-back follow a [`Durability`].
+/// write-back follow a [`Durability`]. Several threads may write it at
+/// once (see [`Storage::shared_writer`]).
 #[derive(Debug)]
 pub struct OutputFile {
     file: FileStorage,
     durability: Durability,
-    /// Bytes written since the last write-back was started.
-    unsent: u64,
-    /// The range those writes touched (start, end).
+    /// What was written since the last write-back was started.
+    unsent: Mutex<Unsent>,
+}
+
+/// Bytes written since the last write-back was started, and the range
+/// those writes touched.
+#[derive(Debug, Default)]
+struct Unsent {
+    bytes: u64,
     touched: Option<(u64, u64)>,
 }
 
@@ -235,8 +330,7 @@ impl OutputFile {
         OutputFile {
             file,
             durability,
-            unsent: 0,
-            touched: None,
+            unsent: Mutex::default(),
         }
     }
 }
@@ -251,25 +345,7 @@ impl Storage for OutputFile {
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(buf, offset)?;
-        if self.durability == Durability::Durable {
-            let end = offset + buf.len() as u64;
-            let (lo, hi) = self
-                .touched
-                .map_or((offset, end), |(lo, hi)| (lo.min(offset), hi.max(end)));
-            self.unsent += buf.len() as u64;
-            self.touched = Some((lo, hi));
-            if self.unsent >= WRITEBACK_EVERY {
-                // Only the range written since the last time: asking for
-                // the whole file each time would walk its every cached
-                // page again and again. Only a hint: if it fails, the
-                // final sync does the work.
-                let _ = self.file.start_writeback(lo, hi - lo);
-                self.unsent = 0;
-                self.touched = None;
-            }
-        }
-        Ok(())
+        self.write_shared(buf, offset)
     }
 
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
@@ -285,6 +361,43 @@ impl Storage for OutputFile {
 
     fn next_data(&self, offset: u64) -> std::io::Result<Option<(u64, u64)>> {
         self.file.next_data(offset)
+    }
+
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+impl SharedWrite for OutputFile {
+    fn write_shared(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file.write_shared(buf, offset)?;
+        if self.durability == Durability::Durable {
+            let end = offset + buf.len() as u64;
+            let due = {
+                let mut unsent = self
+                    .unsent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (lo, hi) = unsent
+                    .touched
+                    .map_or((offset, end), |(lo, hi)| (lo.min(offset), hi.max(end)));
+                unsent.bytes += buf.len() as u64;
+                unsent.touched = Some((lo, hi));
+                (unsent.bytes >= WRITEBACK_EVERY).then(|| std::mem::take(&mut *unsent))
+            };
+            if let Some(Unsent {
+                touched: Some((lo, hi)),
+                ..
+            }) = due
+            {
+                // Only the range written since the last time: asking for
+                // the whole file each time would walk its every cached
+                // page again and again. Only a hint: if it fails, the
+                // final sync does the work.
+                let _ = self.file.start_writeback(lo, hi - lo);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -329,13 +442,16 @@ pub struct CopyStats {
     pub written: u64,
 }
 
-/// How [`copy_with`] moves the bytes. Both modes make the same write
-/// calls with the same bytes in the same order.
+/// How [`copy_with`] moves the bytes (see the module documentation).
+/// All modes write the same bytes to the same places.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Read in a second thread while the calling thread writes (see the
-    /// module documentation).
+    /// [`WORKERS`] threads that each read and write their own chunks,
+    /// where the sink can be written from several threads
+    /// ([`Sink::shared`]); elsewhere [`Mode::Overlapped`].
     #[default]
+    Parallel,
+    /// Read in a second thread while the calling thread writes.
     Overlapped,
     /// Read, then write, one chunk at a time, in the calling thread.
     Plain,
@@ -343,9 +459,9 @@ pub enum Mode {
 
 /// Copies the guest bytes of `source` into `sink`, whose disk is
 /// `out_size` bytes (at least the source's size; the rest reads as zeros
-/// and is not written), reading and writing at the same time
-/// ([`Mode::Overlapped`]). `progress` is told how many bytes of the
-/// output each step covered; it is called in the calling thread.
+/// and is not written), in the default [`Mode`]. `progress` is told how
+/// many bytes of the output each step covered; it is called in the
+/// calling thread.
 pub fn copy(
     source: &mut dyn Source,
     sink: &mut dyn Sink,
@@ -365,31 +481,41 @@ pub fn copy_with(
 ) -> std::result::Result<CopyStats, CopyError> {
     match mode {
         Mode::Plain => {
-            let mut reader = Reader::new(source, out_size);
+            let mut reader = Reader::new(source, out_size, CHUNK);
             let mut writer = Writer::new(sink, progress);
             let mut buf = Vec::new();
             while let Some(step) = reader.step(&mut buf).map_err(CopyError::source)? {
-                writer.take(&step, &buf).map_err(CopyError::sink)?;
+                let pieces = pieces(&step, &buf);
+                writer.take(&step, &pieces, &buf).map_err(CopyError::sink)?;
             }
             Ok(writer.stats)
         }
         Mode::Overlapped => overlapped(source, sink, out_size, progress),
+        Mode::Parallel => match sink.shared() {
+            Some(shared) => parallel(source, shared, out_size, progress),
+            None => overlapped(source, sink, out_size, progress),
+        },
     }
 }
 
 /// One step of a copy: output bytes to skip (all zeros), or a chunk read
-/// into a buffer with the ranges of it to write.
+/// into a buffer.
 #[derive(Debug)]
 enum Step {
-    /// `len` bytes from `offset` read as zeros: nothing to write.
+    /// `len` bytes read as zeros: nothing to write.
     Skip { len: u64 },
-    /// A chunk of `len` bytes at `offset`; `pieces` are the byte ranges
-    /// of the buffer that are not all zeros (neighbours joined).
-    Chunk {
-        offset: u64,
-        len: usize,
-        pieces: Vec<(usize, usize)>,
-    },
+    /// A chunk of `len` bytes at `offset` was read into the buffer; if
+    /// not `any`, the source holds no data there (the buffer is zeros).
+    Chunk { offset: u64, len: usize, any: bool },
+}
+
+/// The byte ranges of the buffer that a step writes: the pieces of a
+/// chunk that are not all zeros (neighbours joined).
+fn pieces(step: &Step, buf: &[u8]) -> Vec<(usize, usize)> {
+    match *step {
+        Step::Chunk { len, any: true, .. } => nonzero_pieces(&buf[..len]),
+        _ => Vec::new(),
+    }
 }
 
 /// The reading half: walks the output disk in chunks.
@@ -397,16 +523,18 @@ struct Reader<'a> {
     source: &'a mut dyn Source,
     size: u64,
     out_size: u64,
+    chunk: u64,
     offset: u64,
 }
 
 impl<'a> Reader<'a> {
-    fn new(source: &'a mut dyn Source, out_size: u64) -> Self {
+    fn new(source: &'a mut dyn Source, out_size: u64, chunk: u64) -> Self {
         let size = source.size();
         Reader {
             source,
             size,
             out_size,
+            chunk,
             offset: 0,
         }
     }
@@ -422,29 +550,20 @@ impl<'a> Reader<'a> {
         let next = self
             .source
             .next_data(offset)?
-            .map_or(self.out_size, |d| d - d % CHUNK)
+            .map_or(self.out_size, |d| d - d % self.chunk)
             .min(self.out_size);
         if next > offset {
             self.offset = next;
             return Ok(Some(Step::Skip { len: next - offset }));
         }
-        let len = CHUNK.min(self.out_size - offset) as usize;
-        buf.resize(CHUNK as usize, 0);
+        let len = self.chunk.min(self.out_size - offset) as usize;
+        buf.resize(self.chunk as usize, 0);
         let data = &mut buf[..len];
         let readable = self.size.saturating_sub(offset).min(len as u64) as usize;
         let any = self.source.read_sparse(offset, &mut data[..readable])?;
         data[readable..].fill(0);
         self.offset += len as u64;
-        let pieces = if any {
-            nonzero_pieces(data)
-        } else {
-            Vec::new()
-        };
-        Ok(Some(Step::Chunk {
-            offset,
-            len,
-            pieces,
-        }))
+        Ok(Some(Step::Chunk { offset, len, any }))
     }
 }
 
@@ -464,20 +583,16 @@ impl<'a, 'p> Writer<'a, 'p> {
         }
     }
 
-    fn take(&mut self, step: &Step, buf: &[u8]) -> Result<()> {
-        match step {
-            Step::Skip { len } => (self.progress)(*len),
-            Step::Chunk {
-                offset,
-                len,
-                pieces,
-            } => {
+    fn take(&mut self, step: &Step, pieces: &[(usize, usize)], buf: &[u8]) -> Result<()> {
+        match *step {
+            Step::Skip { len } => (self.progress)(len),
+            Step::Chunk { offset, len, .. } => {
                 for &(start, end) in pieces {
                     self.sink
                         .write_at(offset + start as u64, &buf[start..end])?;
                     self.stats.written += (end - start) as u64;
                 }
-                (self.progress)(*len as u64);
+                (self.progress)(len as u64);
             }
         }
         Ok(())
@@ -497,12 +612,12 @@ fn overlapped(
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<CopyStats, CopyError> {
     use std::sync::mpsc::{channel, sync_channel};
-    type Full = (Step, Vec<u8>);
+    type Full = (Step, Vec<(usize, usize)>, Vec<u8>);
     let (full_tx, full_rx) = sync_channel::<Full>(BUFFERS - 2);
     let (empty_tx, empty_rx) = channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<()> {
-            let mut reader = Reader::new(source, out_size);
+            let mut reader = Reader::new(source, out_size, CHUNK);
             let mut made = 0usize;
             loop {
                 // A buffer back from the writer, or a new one while fewer
@@ -521,7 +636,8 @@ fn overlapped(
                 let Some(step) = reader.step(&mut buf)? else {
                     return Ok(());
                 };
-                if full_tx.send((step, buf)).is_err() {
+                let pieces = pieces(&step, &buf);
+                if full_tx.send((step, pieces, buf)).is_err() {
                     return Ok(());
                 }
             }
@@ -530,8 +646,8 @@ fn overlapped(
             let (full_rx, empty_tx) = (full_rx, empty_tx);
             let mut writer = Writer::new(sink, progress);
             let mut result = Ok(());
-            for (step, buf) in &full_rx {
-                result = writer.take(&step, &buf);
+            for (step, pieces, buf) in &full_rx {
+                result = writer.take(&step, &pieces, &buf);
                 if result.is_err() {
                     break;
                 }
@@ -548,6 +664,129 @@ fn overlapped(
             (Ok(_), Err(e)) => Err(CopyError::source(e)),
             (Ok(stats), Ok(())) => Ok(stats),
         }
+    })
+}
+
+/// What the workers of a parallel copy share.
+struct Shared<'a, 's> {
+    /// The source and the position in it: taking the next chunk and
+    /// reading it happen under this lock, so chunks are read in order,
+    /// one at a time, and none after a failed read.
+    reader: Mutex<Reader<'a>>,
+    sink: SharedSink<'s>,
+    /// Output bytes covered by finished steps.
+    done: AtomicU64,
+    /// Bytes written.
+    written: AtomicU64,
+    /// Set by the first failure: no worker takes another chunk.
+    stop: AtomicBool,
+    /// Set by a failed write: no worker writes again.
+    sink_failed: AtomicBool,
+    /// The first failure.
+    error: Mutex<Option<CopyError>>,
+}
+
+impl Shared<'_, '_> {
+    fn fail(&self, error: CopyError) {
+        self.stop.store(true, Ordering::SeqCst);
+        if error.side == Side::Sink {
+            self.sink_failed.store(true, Ordering::SeqCst);
+        }
+        let mut first = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        first.get_or_insert(error);
+    }
+
+    /// One worker: takes, reads and writes chunks until there are none
+    /// left or something failed, calling `after_step` after each step.
+    fn work(&self, after_step: &mut dyn FnMut()) {
+        let mut buf = Vec::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            let step = {
+                let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+                // Checked again under the lock: another worker's read may
+                // have failed while this one waited.
+                if self.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                match reader.step(&mut buf) {
+                    Ok(Some(step)) => step,
+                    Ok(None) => return,
+                    Err(e) => return self.fail(CopyError::source(e)),
+                }
+            };
+            let (offset, len) = match step {
+                Step::Skip { len } => (0, len),
+                Step::Chunk { offset, len, .. } => (offset, len as u64),
+            };
+            for (start, end) in pieces(&step, &buf) {
+                if self.sink_failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = self.sink.write_at(offset + start as u64, &buf[start..end]) {
+                    return self.fail(CopyError::sink(e));
+                }
+                self.written
+                    .fetch_add((end - start) as u64, Ordering::Relaxed);
+            }
+            self.done.fetch_add(len, Ordering::Relaxed);
+            after_step();
+        }
+    }
+}
+
+/// [`Mode::Parallel`] into a sink that can be written from several
+/// threads. The calling thread is one of the workers; it reports the
+/// progress of all of them after each of its own steps, and the rest
+/// when all are done. The first failure stops every worker (see
+/// [`Shared`]): after a failed read nothing more is read, and after a
+/// failed write nothing more is written, but for writes another worker
+/// had already started.
+fn parallel(
+    source: &mut dyn Source,
+    sink: SharedSink<'_>,
+    out_size: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::result::Result<CopyStats, CopyError> {
+    let shared = Shared {
+        reader: Mutex::new(Reader::new(source, out_size, PARALLEL_CHUNK)),
+        sink,
+        done: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        sink_failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+    };
+    let mut reported = 0u64;
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..WORKERS)
+            .map(|_| scope.spawn(|| shared.work(&mut || {})))
+            .collect();
+        shared.work(&mut || {
+            let done = shared.done.load(Ordering::Relaxed);
+            progress(done - reported);
+            reported = done;
+        });
+        for helper in helpers {
+            helper
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+    });
+    let Shared {
+        done,
+        written,
+        error,
+        ..
+    } = shared;
+    if let Some(e) = error.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        return Err(e);
+    }
+    let rest = done.into_inner() - reported;
+    if rest > 0 {
+        progress(rest);
+    }
+    Ok(CopyStats {
+        written: written.into_inner(),
     })
 }
 

@@ -21,7 +21,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use uuid::Uuid;
 use vhdref::convert::{self, CopyStats, Durability, Mode, OutputFile, RawSink, Side, Sink, Source};
-use vhdref::storage::{FaultStorage, FileStorage, Mutation, Storage};
+use vhdref::storage::{FaultStorage, FileStorage, Mutation, SharedWrite, Storage};
 use vhdref::{CreateOptions, DiskType, Error, Image, OpenOptions, Timestamp};
 
 const VHD: &str = env!("CARGO_BIN_EXE_vhd");
@@ -266,8 +266,15 @@ fn copy_into(spec: &SourceSpec, out: Out, mode: Mode) -> (FaultStorage, CopyStat
     let size = source.size();
     let storage = FaultStorage::new();
     let mut sink = sink(out, Box::new(storage.clone()), size);
-    let stats = convert::copy_with(mode, &mut source, sink.as_sink(), size, &mut |_| {})
-        .unwrap_or_else(|e| panic!("{mode:?} copy into {out:?} failed: {:?}", e.error));
+    let mut covered = 0u64;
+    let stats = convert::copy_with(mode, &mut source, sink.as_sink(), size, &mut |n| {
+        covered += n;
+    })
+    .unwrap_or_else(|e| panic!("{mode:?} copy into {out:?} failed: {:?}", e.error));
+    assert_eq!(
+        covered, size,
+        "{mode:?} into {out:?}: the progress covers the disk once"
+    );
     sink.finish_box().expect("finish the output");
     (storage, stats)
 }
@@ -294,7 +301,7 @@ proptest! {
     })]
 
     #[test]
-    fn the_overlapped_copy_writes_what_the_plain_copy_writes(spec in source_spec()) {
+    fn every_copy_mode_writes_what_the_plain_copy_writes(spec in source_spec()) {
         let (_, expected) = build(&spec);
         for out in [Out::Raw, Out::Fixed, Out::Dynamic(512 * 1024), Out::Dynamic(2 * 1024 * 1024)] {
             let (plain, plain_stats) = copy_into(&spec, out, Mode::Plain);
@@ -307,6 +314,15 @@ proptest! {
             prop_assert!(plain.bytes() == fast.bytes(), "{:?}: files differ", out);
             let got = output_contents(out, &fast, expected.len() as u64);
             prop_assert!(got == expected, "{:?}: the output does not read as the source", out);
+            // The parallel copy: the same bytes and the same count written,
+            // in other calls (raw and fixed); a dynamic output falls back
+            // to the overlapped copy, call for call.
+            let (par, par_stats) = copy_into(&spec, out, Mode::Parallel);
+            prop_assert_eq!(plain_stats, par_stats, "{:?}", out);
+            prop_assert!(plain.bytes() == par.bytes(), "{:?}: the parallel copy's file differs", out);
+            if let Out::Dynamic(_) = out {
+                prop_assert!(par.log() == p, "{:?}: not the overlapped copy's writes", out);
+            }
         }
     }
 }
@@ -349,12 +365,17 @@ fn a_copy_of_a_disk_spanning_many_chunks_writes_only_pieces_with_data() {
     );
 }
 
-/// A source that reads as `0x5A` everywhere and fails at `fail_at`.
+/// A source that reads as `0x5A` everywhere (with `striped`, only in
+/// every other 64 KiB piece, so that each chunk is written in several
+/// calls) and fails at `fail_at`. With `slow_reads`, each read takes a
+/// millisecond before it succeeds or fails.
 struct FailingSource {
     size: u64,
     fail_at: u64,
     reads_after_failure: std::sync::Arc<std::sync::atomic::AtomicU64>,
     failed: bool,
+    striped: bool,
+    slow_reads: bool,
 }
 
 impl Source for FailingSource {
@@ -365,6 +386,9 @@ impl Source for FailingSource {
         Ok((offset < self.size).then_some(offset))
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> vhdref::Result<()> {
+        if self.slow_reads {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         if self.failed {
             self.reads_after_failure
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -377,6 +401,14 @@ impl Source for FailingSource {
             ));
         }
         buf.fill(0x5A);
+        if self.striped {
+            const PIECE: u64 = 64 * 1024;
+            for (i, byte) in buf.iter_mut().enumerate() {
+                if (offset + i as u64) / PIECE % 2 == 1 {
+                    *byte = 0;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -409,6 +441,8 @@ fn a_failed_read_is_the_sources_error_in_both_modes_and_stops_the_reader() {
             fail_at: 9 * MIB + 5,
             reads_after_failure: std::sync::Arc::clone(&after),
             failed: false,
+            striped: false,
+            slow_reads: false,
         };
         let mut sink = FailingSink {
             writes: 0,
@@ -436,6 +470,8 @@ fn a_failed_write_is_the_sinks_error_in_both_modes_and_nothing_is_written_after_
             fail_at: u64::MAX,
             reads_after_failure: std::sync::Arc::default(),
             failed: false,
+            striped: false,
+            slow_reads: false,
         };
         let mut sink = FailingSink {
             writes: 0,
@@ -447,6 +483,236 @@ fn a_failed_write_is_the_sinks_error_in_both_modes_and_nothing_is_written_after_
         assert!(err.error.to_string().contains("test sink"), "{mode:?}");
         assert_eq!(sink.writes, 4, "{mode:?}: the copy stopped at the failure");
     }
+}
+
+/// A raw sink over a fault-injecting storage of `size` bytes, which
+/// several threads may write.
+fn shared_raw_sink(size: u64) -> (FaultStorage, RawSink) {
+    let storage = FaultStorage::new();
+    let mut boxed: Box<dyn Storage> = Box::new(storage.clone());
+    boxed.set_len(size).expect("size the raw output");
+    (storage, RawSink::new(boxed, "out.raw"))
+}
+
+/// A storage whose writes take a millisecond each, so that a worker of a
+/// parallel copy is still writing its chunk (of several pieces) when
+/// another one reads the next.
+struct Slow(FaultStorage);
+
+impl Storage for Slow {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.write_shared(buf, offset)
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.sync()
+    }
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+impl SharedWrite for Slow {
+    fn write_shared(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        self.0.write_shared(buf, offset)
+    }
+}
+
+#[test]
+fn a_failed_read_stops_every_parallel_worker_and_what_was_read_before_it_is_written() {
+    // Twenty times: where the other worker is at the moment of the
+    // failure is a matter of timing (most often in the middle of writing
+    // the chunk before, which it must finish).
+    for round in 0..20 {
+        let after = std::sync::Arc::default();
+        let mut source = FailingSource {
+            size: 32 * MIB,
+            fail_at: 9 * MIB + 5,
+            reads_after_failure: std::sync::Arc::clone(&after),
+            failed: false,
+            striped: true,
+            slow_reads: false,
+        };
+        let storage = FaultStorage::new();
+        let mut boxed: Box<dyn Storage> = Box::new(Slow(storage.clone()));
+        boxed.set_len(32 * MIB).expect("size the output");
+        let mut sink = RawSink::new(boxed, "out.raw");
+        assert!(sink.shared().is_some(), "the parallel copy is taken");
+        let err = convert::copy_with(
+            Mode::Parallel,
+            &mut source,
+            &mut sink,
+            32 * MIB,
+            &mut |_| {},
+        )
+        .expect_err("the read fails");
+        assert_eq!(err.side, Side::Source, "round {round}");
+        assert!(
+            err.error.to_string().contains("test source"),
+            "round {round}"
+        );
+        assert_eq!(
+            after.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "round {round}: no read after the failure"
+        );
+        let bytes = storage.bytes();
+        let missing = (0..9 * MIB as usize)
+            .step_by(64 * 1024)
+            .filter(|&at| at / (64 * 1024) % 2 == 0 && bytes[at] != 0x5A)
+            .count();
+        assert_eq!(
+            missing, 0,
+            "round {round}: pieces read before the failure were not written"
+        );
+    }
+}
+
+#[test]
+fn a_parallel_worker_waiting_for_the_source_reads_nothing_after_a_failed_read() {
+    // Slow reads and quick writes: the other worker is most often waiting
+    // for the source when the read fails.
+    for round in 0..20 {
+        let after = std::sync::Arc::default();
+        let mut source = FailingSource {
+            size: 32 * MIB,
+            fail_at: 5 * MIB + 5,
+            reads_after_failure: std::sync::Arc::clone(&after),
+            failed: false,
+            striped: false,
+            slow_reads: true,
+        };
+        let (_, mut sink) = shared_raw_sink(32 * MIB);
+        let err = convert::copy_with(
+            Mode::Parallel,
+            &mut source,
+            &mut sink,
+            32 * MIB,
+            &mut |_| {},
+        )
+        .expect_err("the read fails");
+        assert_eq!(err.side, Side::Source, "round {round}");
+        assert_eq!(
+            after.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "round {round}: a read after the failure"
+        );
+    }
+}
+
+#[test]
+fn after_a_failed_parallel_write_only_a_write_already_started_by_another_worker_follows() {
+    for round in 0..20 {
+        let mut source = FailingSource {
+            size: 64 * MIB,
+            fail_at: u64::MAX,
+            reads_after_failure: std::sync::Arc::default(),
+            failed: false,
+            striped: true,
+            slow_reads: false,
+        };
+        let (storage, mut sink) = shared_raw_sink(64 * MIB);
+        let before = storage.counts().0;
+        storage.plan(
+            vhdref::storage::Op::Write,
+            before + 5,
+            vhdref::storage::Fault::Eio,
+        );
+        let err = convert::copy_with(
+            Mode::Parallel,
+            &mut source,
+            &mut sink,
+            64 * MIB,
+            &mut |_| {},
+        )
+        .expect_err("the write fails");
+        assert_eq!(err.side, Side::Sink, "round {round}");
+        let attempts = storage.counts().0 - before;
+        // Five before the failed one, the failed one, and at most one write
+        // per other worker that was under way. Each chunk has eight
+        // pieces, so a worker that went on would write many more.
+        assert!(
+            attempts <= 6 + (convert::WORKERS as u64 - 1),
+            "round {round}: {attempts} write calls"
+        );
+    }
+}
+
+#[test]
+fn raw_and_fixed_sinks_can_be_written_from_several_threads_and_dynamic_or_read_only_ones_cannot() {
+    let (_, mut raw) = shared_raw_sink(4 * MIB);
+    assert!(raw.shared().is_some(), "raw");
+    let create = |t| {
+        CreateOptions::new(t, 4 * MIB)
+            .create_in(Box::new(vhdref::storage::MemStorage::new()), "x.vhd", None)
+            .expect("create")
+    };
+    assert!(create(DiskType::Fixed).shared().is_some(), "fixed");
+    assert!(create(DiskType::Dynamic).shared().is_none(), "dynamic");
+    let mut read_only = OpenOptions::new()
+        .open_storage(
+            create(DiskType::Fixed).into_storage().expect("storage"),
+            "x.vhd",
+        )
+        .expect("open read-only");
+    assert!(read_only.shared().is_none(), "read-only");
+}
+
+#[test]
+fn a_fixed_images_shared_writer_stops_at_its_footer() {
+    let storage = FaultStorage::new();
+    let mut img = CreateOptions::new(DiskType::Fixed, 4 * MIB)
+        .create_in(Box::new(storage.clone()), "x.vhd", None)
+        .expect("create");
+    let footer = storage.bytes()[(4 * MIB) as usize..].to_vec();
+    let shared = img.shared().expect("a fixed image can be shared");
+    shared
+        .write_at(4 * MIB - 512, &[7u8; 512])
+        .expect("the last sector is the disk's");
+    let err = shared
+        .write_at(4 * MIB - 512, &[7u8; 513])
+        .expect_err("one byte into the footer");
+    assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+    assert!(
+        shared.write_at(u64::MAX - 1, &[1, 2]).is_err(),
+        "an offset that overflows"
+    );
+    img.close().expect("close");
+    assert_eq!(
+        storage.bytes()[(4 * MIB) as usize..],
+        footer[..],
+        "the footer is untouched"
+    );
+}
+
+#[test]
+fn an_image_whose_sync_failed_has_no_shared_writer() {
+    let storage = FaultStorage::new();
+    let mut img = CreateOptions::new(DiskType::Fixed, 4 * MIB)
+        .create_in(Box::new(storage.clone()), "x.vhd", None)
+        .expect("create");
+    let syncs = storage.counts().1;
+    storage.plan(
+        vhdref::storage::Op::Sync,
+        syncs,
+        vhdref::storage::Fault::Eio,
+    );
+    img.write_at(0, &[1u8; 512]).expect("write");
+    img.flush().expect_err("the sync fails");
+    assert!(img.is_failed());
+    assert!(
+        img.shared().is_none(),
+        "writes after a failed sync must be refused"
+    );
 }
 
 /// Converts `spec`'s disk with the library into a real file through an

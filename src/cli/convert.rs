@@ -1,14 +1,16 @@
 //! `vhd convert`: any VHD (chain resolved) or raw file to a raw file or a
 //! fixed or dynamic VHD, sparse-aware.
 //!
-//! The copy is the library's (`crate::convert::copy`): 2 MiB chunks,
-//! stretches without data skipped, only pieces that are not all zeros
-//! written. So unallocated input stays unallocated in a
-//! dynamic output, and raw and fixed outputs (made with `set_len`, sparse
-//! files where the system allows) get holes where the disk reads zeros.
+//! The copy is the library's (`crate::convert::copy`): stretches without
+//! data skipped, only pieces that are not all zeros written. So
+//! unallocated input stays unallocated in a dynamic output, and raw and
+//! fixed outputs (made with `set_len`, sparse files where the system
+//! allows) get holes where the disk reads zeros.
 //!
-//! The input is read in one thread while the output is written in
-//! another (`convert::Mode::Overlapped`), through a few 2 MiB buffers.
+//! Raw and fixed outputs are written by two threads that each read and
+//! write their own 1 MiB chunks (`convert::Mode::Parallel`); a dynamic
+//! output is written in order by one thread while another reads ahead
+//! (`convert::Mode::Overlapped`), through a few 2 MiB buffers.
 //!
 //! The output has no name while it is written (`O_TMPFILE` on Linux; a
 //! hidden temporary name elsewhere) and is linked in as OUT only when

@@ -15,7 +15,7 @@
 
 use std::io;
 
-use crate::storage::Storage;
+use crate::storage::{SharedWrite, Storage};
 
 /// A storage that enters a failed state on the first failed sync.
 pub(crate) struct Guarded {
@@ -86,5 +86,14 @@ impl Storage for Guarded {
 
     fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
         self.inner.next_data(offset)
+    }
+
+    /// None once a sync has failed: then every write must be refused,
+    /// and the handle of the storage below would not refuse it.
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        match self.failed {
+            Some(_) => None,
+            None => self.inner.shared_writer(),
+        }
     }
 }

@@ -341,6 +341,20 @@ impl Image {
         Ok(())
     }
 
+    /// A handle for writing the guest disk from several threads at once
+    /// (see [`crate::convert::Sink::shared`]): only a fixed image open
+    /// for writing, whose guest bytes sit at the same offsets in its file,
+    /// on a storage that allows it and whose syncs have not failed. The
+    /// footer, which follows the guest bytes, is out of its reach.
+    pub(crate) fn shared_sink(&mut self) -> Option<crate::convert::SharedSink<'_>> {
+        if !self.writable || !matches!(self.layout, Layout::Fixed) {
+            return None;
+        }
+        let limit = self.size();
+        let writer = self.storage.shared_writer()?;
+        Some(crate::convert::SharedSink::new(writer, &self.name, limit))
+    }
+
     /// Whole sectors at a sector-aligned guest offset, block by block. In a
     /// differencing image each piece is first widened to whole groups of
     /// [`COPY_UP_UNIT`] bytes (see [`Image::set_exact_sectors`]).

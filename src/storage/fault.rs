@@ -32,7 +32,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Storage;
+use super::{SharedWrite, Storage};
 
 /// One change made to the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,37 +359,7 @@ impl Storage for FaultStorage {
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut s = self.state();
-        if s.stopped {
-            return Err(stopped());
-        }
-        let fault = s.fault_for(Op::Write);
-        s.count(Op::Write);
-        match fault {
-            None => {
-                s.record(Mutation::Write {
-                    offset,
-                    data: buf.to_vec(),
-                });
-                Ok(())
-            }
-            Some(Fault::Eio) => Err(eio()),
-            Some(Fault::NoSpace) => Err(enospc()),
-            Some(Fault::Tear { keep }) => {
-                let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(buf.len());
-                if keep > 0 {
-                    s.record(Mutation::Write {
-                        offset,
-                        data: buf[..keep].to_vec(),
-                    });
-                }
-                Err(eio())
-            }
-            Some(Fault::Stop) => {
-                s.stopped = true;
-                Err(stopped())
-            }
-        }
+        self.write_shared(buf, offset)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -443,6 +413,48 @@ impl Storage for FaultStorage {
         // later sync that succeeds does not make them durable.
         s.pending.clear();
         Err(error)
+    }
+
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+/// Writes from several threads go through the one state lock, in the
+/// order they take it; faults count them as any other writes.
+impl SharedWrite for FaultStorage {
+    fn write_shared(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut s = self.state();
+        if s.stopped {
+            return Err(stopped());
+        }
+        let fault = s.fault_for(Op::Write);
+        s.count(Op::Write);
+        match fault {
+            None => {
+                s.record(Mutation::Write {
+                    offset,
+                    data: buf.to_vec(),
+                });
+                Ok(())
+            }
+            Some(Fault::Eio) => Err(eio()),
+            Some(Fault::NoSpace) => Err(enospc()),
+            Some(Fault::Tear { keep }) => {
+                let keep = usize::try_from(keep).unwrap_or(usize::MAX).min(buf.len());
+                if keep > 0 {
+                    s.record(Mutation::Write {
+                        offset,
+                        data: buf[..keep].to_vec(),
+                    });
+                }
+                Err(eio())
+            }
+            Some(Fault::Stop) => {
+                s.stopped = true;
+                Err(stopped())
+            }
+        }
     }
 }
 

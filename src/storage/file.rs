@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::Storage;
+use super::{SharedWrite, Storage};
 
 /// Which advisory lock to hold on the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,16 +297,8 @@ impl Storage for FileStorage {
 
     /// Writes in pieces that never cross a [`WRITE_PIECE`] boundary of
     /// the file (see there why).
-    fn write_all_at(&mut self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-        while !buf.is_empty() {
-            let to_boundary = WRITE_PIECE - offset % WRITE_PIECE;
-            let n = usize::try_from(to_boundary).map_or(buf.len(), |b| b.min(buf.len()));
-            let (piece, rest) = buf.split_at(n);
-            pwrite(&self.file, piece, offset)?;
-            buf = rest;
-            offset += n as u64;
-        }
-        Ok(())
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_shared(buf, offset)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -326,6 +318,26 @@ impl Storage for FileStorage {
         }
         // When the system cannot say, everything may be data.
         Ok(seek_data(&self.file, offset, len).unwrap_or(Some((offset, len))))
+    }
+
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+impl SharedWrite for FileStorage {
+    /// Writes in pieces that never cross a [`WRITE_PIECE`] boundary of
+    /// the file (see there why).
+    fn write_shared(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let to_boundary = WRITE_PIECE - offset % WRITE_PIECE;
+            let n = usize::try_from(to_boundary).map_or(buf.len(), |b| b.min(buf.len()));
+            let (piece, rest) = buf.split_at(n);
+            pwrite(&self.file, piece, offset)?;
+            buf = rest;
+            offset += n as u64;
+        }
+        Ok(())
     }
 }
 

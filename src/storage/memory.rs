@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::Storage;
+use super::{SharedWrite, Storage};
 
 /// Bytes in memory. Clones share the same bytes, so a test can keep a
 /// handle and look at (or reopen) what an image wrote.
@@ -64,15 +64,7 @@ impl Storage for MemStorage {
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut bytes = self.lock();
-        let r = range(offset, buf.len())?;
-        if bytes.len() < r.end {
-            bytes.resize(r.end, 0);
-        }
-        if let Some(dst) = bytes.get_mut(r) {
-            dst.copy_from_slice(buf);
-        }
-        Ok(())
+        self.write_shared(buf, offset)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -82,6 +74,24 @@ impl Storage for MemStorage {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+impl SharedWrite for MemStorage {
+    fn write_shared(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut bytes = self.lock();
+        let r = range(offset, buf.len())?;
+        if bytes.len() < r.end {
+            bytes.resize(r.end, 0);
+        }
+        if let Some(dst) = bytes.get_mut(r) {
+            dst.copy_from_slice(buf);
+        }
         Ok(())
     }
 }

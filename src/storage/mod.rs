@@ -33,6 +33,21 @@ pub trait Storage: Send {
         let len = self.len()?;
         Ok((offset < len).then_some((offset, len)))
     }
+    /// A handle through which several threads may write at once, each at
+    /// its own offsets, where the storage allows it: a file, whose writes
+    /// are positional and need no state of ours. A write through it puts
+    /// the bytes where [`Storage::write_all_at`] would. `None` (the
+    /// default) where writing needs `&mut self`.
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        None
+    }
+}
+
+/// Positioned writes through a shared reference (see
+/// [`Storage::shared_writer`]).
+pub trait SharedWrite: Sync {
+    /// Writes all of `buf` at `offset`, as [`Storage::write_all_at`] does.
+    fn write_shared(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
@@ -53,5 +68,8 @@ impl<S: Storage + ?Sized> Storage for Box<S> {
     }
     fn next_data(&self, offset: u64) -> io::Result<Option<(u64, u64)>> {
         (**self).next_data(offset)
+    }
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        (**self).shared_writer()
     }
 }
