@@ -378,6 +378,49 @@ struct FailingSource {
     slow_reads: bool,
 }
 
+impl FailingSource {
+    /// `size` bytes of `0x5A` that fail at `fail_at`, and the count of
+    /// reads made after the failure.
+    fn new(size: u64, fail_at: u64) -> (Self, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        let after = std::sync::Arc::default();
+        let source = FailingSource {
+            size,
+            fail_at,
+            reads_after_failure: std::sync::Arc::clone(&after),
+            failed: false,
+            striped: false,
+            slow_reads: false,
+        };
+        (source, after)
+    }
+
+    fn striped(self) -> Self {
+        FailingSource {
+            striped: true,
+            ..self
+        }
+    }
+
+    fn slow_reads(self) -> Self {
+        FailingSource {
+            slow_reads: true,
+            ..self
+        }
+    }
+}
+
+/// Asserts that `err` is the planned read failure of a [`FailingSource`]
+/// and that nothing was read after it.
+fn assert_read_failure(err: &convert::CopyError, after: &std::sync::atomic::AtomicU64, what: &str) {
+    assert_eq!(err.side, Side::Source, "{what}");
+    assert!(err.error.to_string().contains("test source"), "{what}");
+    assert_eq!(
+        after.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "{what}: a read after the failure"
+    );
+}
+
 impl Source for FailingSource {
     fn size(&self) -> u64 {
         self.size
@@ -435,28 +478,14 @@ impl Sink for FailingSink {
 #[test]
 fn a_failed_read_is_the_sources_error_in_both_modes_and_stops_the_reader() {
     for mode in [Mode::Plain, Mode::Overlapped] {
-        let after = std::sync::Arc::default();
-        let mut source = FailingSource {
-            size: 32 * MIB,
-            fail_at: 9 * MIB + 5,
-            reads_after_failure: std::sync::Arc::clone(&after),
-            failed: false,
-            striped: false,
-            slow_reads: false,
-        };
+        let (mut source, after) = FailingSource::new(32 * MIB, 9 * MIB + 5);
         let mut sink = FailingSink {
             writes: 0,
             fail_on: u64::MAX,
         };
         let err = convert::copy_with(mode, &mut source, &mut sink, 32 * MIB, &mut |_| {})
             .expect_err("the read fails");
-        assert_eq!(err.side, Side::Source, "{mode:?}");
-        assert!(err.error.to_string().contains("test source"), "{mode:?}");
-        assert_eq!(
-            after.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "{mode:?}: no read after the failure"
-        );
+        assert_read_failure(&err, &after, &format!("{mode:?}"));
         // Every chunk before the failing one was written.
         assert_eq!(sink.writes, 4, "{mode:?}");
     }
@@ -465,14 +494,7 @@ fn a_failed_read_is_the_sources_error_in_both_modes_and_stops_the_reader() {
 #[test]
 fn a_failed_write_is_the_sinks_error_in_both_modes_and_nothing_is_written_after_it() {
     for mode in [Mode::Plain, Mode::Overlapped] {
-        let mut source = FailingSource {
-            size: 64 * MIB,
-            fail_at: u64::MAX,
-            reads_after_failure: std::sync::Arc::default(),
-            failed: false,
-            striped: false,
-            slow_reads: false,
-        };
+        let mut source = FailingSource::new(64 * MIB, u64::MAX).0;
         let mut sink = FailingSink {
             writes: 0,
             fail_on: 3,
@@ -533,15 +555,8 @@ fn a_failed_read_stops_every_parallel_worker_and_what_was_read_before_it_is_writ
     // failure is a matter of timing (most often in the middle of writing
     // the chunk before, which it must finish).
     for round in 0..20 {
-        let after = std::sync::Arc::default();
-        let mut source = FailingSource {
-            size: 32 * MIB,
-            fail_at: 9 * MIB + 5,
-            reads_after_failure: std::sync::Arc::clone(&after),
-            failed: false,
-            striped: true,
-            slow_reads: false,
-        };
+        let (source, after) = FailingSource::new(32 * MIB, 9 * MIB + 5);
+        let mut source = source.striped();
         let storage = FaultStorage::new();
         let mut boxed: Box<dyn Storage> = Box::new(Slow(storage.clone()));
         boxed.set_len(32 * MIB).expect("size the output");
@@ -555,16 +570,7 @@ fn a_failed_read_stops_every_parallel_worker_and_what_was_read_before_it_is_writ
             &mut |_| {},
         )
         .expect_err("the read fails");
-        assert_eq!(err.side, Side::Source, "round {round}");
-        assert!(
-            err.error.to_string().contains("test source"),
-            "round {round}"
-        );
-        assert_eq!(
-            after.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "round {round}: no read after the failure"
-        );
+        assert_read_failure(&err, &after, &format!("round {round}"));
         let bytes = storage.bytes();
         let missing = (0..9 * MIB as usize)
             .step_by(64 * 1024)
@@ -582,15 +588,8 @@ fn a_parallel_worker_waiting_for_the_source_reads_nothing_after_a_failed_read() 
     // Slow reads and quick writes: the other worker is most often waiting
     // for the source when the read fails.
     for round in 0..20 {
-        let after = std::sync::Arc::default();
-        let mut source = FailingSource {
-            size: 32 * MIB,
-            fail_at: 5 * MIB + 5,
-            reads_after_failure: std::sync::Arc::clone(&after),
-            failed: false,
-            striped: false,
-            slow_reads: true,
-        };
+        let (source, after) = FailingSource::new(32 * MIB, 5 * MIB + 5);
+        let mut source = source.slow_reads();
         let (_, mut sink) = shared_raw_sink(32 * MIB);
         let err = convert::copy_with(
             Mode::Parallel,
@@ -600,26 +599,14 @@ fn a_parallel_worker_waiting_for_the_source_reads_nothing_after_a_failed_read() 
             &mut |_| {},
         )
         .expect_err("the read fails");
-        assert_eq!(err.side, Side::Source, "round {round}");
-        assert_eq!(
-            after.load(std::sync::atomic::Ordering::SeqCst),
-            0,
-            "round {round}: a read after the failure"
-        );
+        assert_read_failure(&err, &after, &format!("round {round}"));
     }
 }
 
 #[test]
 fn after_a_failed_parallel_write_only_a_write_already_started_by_another_worker_follows() {
     for round in 0..20 {
-        let mut source = FailingSource {
-            size: 64 * MIB,
-            fail_at: u64::MAX,
-            reads_after_failure: std::sync::Arc::default(),
-            failed: false,
-            striped: true,
-            slow_reads: false,
-        };
+        let mut source = FailingSource::new(64 * MIB, u64::MAX).0.striped();
         let (storage, mut sink) = shared_raw_sink(64 * MIB);
         let before = storage.counts().0;
         storage.plan(
