@@ -320,8 +320,9 @@ impl Storage for FileStorage {
         Ok(seek_data(&self.file, offset, len).unwrap_or(Some((offset, len))))
     }
 
+    /// Only for a file opened for writing.
     fn shared_writer(&self) -> Option<&dyn SharedWrite> {
-        Some(self)
+        self.writable.then_some(self as &dyn SharedWrite)
     }
 }
 
@@ -469,6 +470,24 @@ mod tests {
         assert_eq!(file.len().unwrap(), 2 * WRITE_PIECE);
         let mut back = vec![0u8; data.len()];
         file.read_exact_at(&mut back, WRITE_PIECE).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn only_a_file_open_for_writing_offers_a_shared_writer_and_it_writes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared");
+        let file = FileStorage::create_new(&path).unwrap();
+        let data = numbered(3 * 4096);
+        file.shared_writer()
+            .expect("a new file is open for writing")
+            .write_shared(&data, 4096)
+            .unwrap();
+        drop(file);
+        let read_only = FileStorage::open(&path, false).unwrap();
+        assert!(read_only.shared_writer().is_none());
+        let mut back = vec![0u8; data.len()];
+        read_only.read_exact_at(&mut back, 4096).unwrap();
         assert_eq!(back, data);
     }
 }
