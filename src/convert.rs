@@ -374,10 +374,7 @@ impl SharedWrite for OutputFile {
         if self.durability == Durability::Durable {
             let end = offset + buf.len() as u64;
             let due = {
-                let mut unsent = self
-                    .unsent
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut unsent = self.unsent.lock().unwrap_or_else(PoisonError::into_inner);
                 let (lo, hi) = unsent
                     .touched
                     .map_or((offset, end), |(lo, hi)| (lo.min(offset), hi.max(end)));

@@ -409,6 +409,16 @@ impl FailingSource {
     }
 }
 
+/// Runs a copy in `mode` that must fail, and returns its error.
+fn failed_copy(
+    mode: Mode,
+    source: &mut dyn Source,
+    sink: &mut dyn Sink,
+    size: u64,
+) -> convert::CopyError {
+    convert::copy_with(mode, source, sink, size, &mut |_| {}).expect_err("the copy fails")
+}
+
 /// Asserts that `err` is the planned read failure of a [`FailingSource`]
 /// and that nothing was read after it.
 fn assert_read_failure(err: &convert::CopyError, after: &std::sync::atomic::AtomicU64, what: &str) {
@@ -483,8 +493,7 @@ fn a_failed_read_is_the_sources_error_in_both_modes_and_stops_the_reader() {
             writes: 0,
             fail_on: u64::MAX,
         };
-        let err = convert::copy_with(mode, &mut source, &mut sink, 32 * MIB, &mut |_| {})
-            .expect_err("the read fails");
+        let err = failed_copy(mode, &mut source, &mut sink, 32 * MIB);
         assert_read_failure(&err, &after, &format!("{mode:?}"));
         // Every chunk before the failing one was written.
         assert_eq!(sink.writes, 4, "{mode:?}");
@@ -499,8 +508,7 @@ fn a_failed_write_is_the_sinks_error_in_both_modes_and_nothing_is_written_after_
             writes: 0,
             fail_on: 3,
         };
-        let err = convert::copy_with(mode, &mut source, &mut sink, 64 * MIB, &mut |_| {})
-            .expect_err("the write fails");
+        let err = failed_copy(mode, &mut source, &mut sink, 64 * MIB);
         assert_eq!(err.side, Side::Sink, "{mode:?}");
         assert!(err.error.to_string().contains("test sink"), "{mode:?}");
         assert_eq!(sink.writes, 4, "{mode:?}: the copy stopped at the failure");
@@ -562,14 +570,7 @@ fn a_failed_read_stops_every_parallel_worker_and_what_was_read_before_it_is_writ
         boxed.set_len(32 * MIB).expect("size the output");
         let mut sink = RawSink::new(boxed, "out.raw");
         assert!(sink.shared().is_some(), "the parallel copy is taken");
-        let err = convert::copy_with(
-            Mode::Parallel,
-            &mut source,
-            &mut sink,
-            32 * MIB,
-            &mut |_| {},
-        )
-        .expect_err("the read fails");
+        let err = failed_copy(Mode::Parallel, &mut source, &mut sink, 32 * MIB);
         assert_read_failure(&err, &after, &format!("round {round}"));
         let bytes = storage.bytes();
         let missing = (0..9 * MIB as usize)
@@ -591,14 +592,7 @@ fn a_parallel_worker_waiting_for_the_source_reads_nothing_after_a_failed_read() 
         let (source, after) = FailingSource::new(32 * MIB, 5 * MIB + 5);
         let mut source = source.slow_reads();
         let (_, mut sink) = shared_raw_sink(32 * MIB);
-        let err = convert::copy_with(
-            Mode::Parallel,
-            &mut source,
-            &mut sink,
-            32 * MIB,
-            &mut |_| {},
-        )
-        .expect_err("the read fails");
+        let err = failed_copy(Mode::Parallel, &mut source, &mut sink, 32 * MIB);
         assert_read_failure(&err, &after, &format!("round {round}"));
     }
 }
@@ -614,14 +608,7 @@ fn after_a_failed_parallel_write_only_a_write_already_started_by_another_worker_
             before + 5,
             vhdref::storage::Fault::Eio,
         );
-        let err = convert::copy_with(
-            Mode::Parallel,
-            &mut source,
-            &mut sink,
-            64 * MIB,
-            &mut |_| {},
-        )
-        .expect_err("the write fails");
+        let err = failed_copy(Mode::Parallel, &mut source, &mut sink, 64 * MIB);
         assert_eq!(err.side, Side::Sink, "round {round}");
         let attempts = storage.counts().0 - before;
         // Five before the failed one, the failed one, and at most one write
