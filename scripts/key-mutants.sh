@@ -72,12 +72,18 @@ for i in "${!names[@]}"; do
 done
 [ "${#selected[@]}" -gt 0 ] || { echo "key-mutants: no mutant selected" >&2; exit 1; }
 
-# build_test FILE: builds the test target of tests/FILE.rs in the copy and
-# prints the path of its binary.
+# build_test FILE: builds the test target of tests/FILE.rs (or, for the
+# FILE "lib", the library's unit tests) in the copy and prints the path of
+# its binary.
 build_test() {
-  local target
-  target=$(basename "$1" .rs)
-  (cd "$copy" && cargo test --quiet --no-run --test "$target" --message-format=json 2>/dev/null) |
+  local target select
+  if [ "$1" = lib ]; then
+    target=vhdref select=--lib
+  else
+    target=$(basename "$1" .rs) select="--test $target"
+  fi
+  # shellcheck disable=SC2086 # $select is two words or one on purpose
+  (cd "$copy" && cargo test --quiet --no-run $select --message-format=json 2>/dev/null) |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | grep "/deps/$target-" | tail -1
 }
 # run_test BINARY TEST: exit status of the one test.

@@ -37,7 +37,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::storage::{FileStorage, SharedWrite, Storage};
+use crate::storage::{DIRECT_ALIGN, DirectFile, FileStorage, SharedWrite, Storage};
 
 /// Bytes read per step of an overlapped or plain copy. Chunks start at
 /// multiples of this (so at block boundaries of every output block size
@@ -308,11 +308,30 @@ pub enum Durability {
 /// The output file of a convert: a [`FileStorage`] whose syncs and
 /// write-back follow a [`Durability`]. Several threads may write it at
 /// once (see [`Storage::shared_writer`]).
+///
+/// A durable output file writes around the page cache where it can: a
+/// write through its shared writer whose offset and memory are aligned to
+/// [`DIRECT_ALIGN`] goes through a [`DirectFile`] (the parallel copy's
+/// chunks are), all but a last part shorter than [`DIRECT_ALIGN`];
+/// everything else goes through the page cache.
+/// Where the file system has no direct writes, or refuses one (`EINVAL`),
+/// every write goes through the page cache. The final sync makes both
+/// kinds durable. An unsafe output file always writes through the page
+/// cache: a direct write waits for the disk, which is what `-t unsafe`
+/// asks not to do.
 #[derive(Debug)]
 pub struct OutputFile {
     file: FileStorage,
     durability: Durability,
-    /// What was written since the last write-back was started.
+    /// The direct handle, while it is in use.
+    direct: Option<DirectFile>,
+    /// Set when the direct handle refused a write: every write goes
+    /// through the page cache from then on.
+    direct_refused: AtomicBool,
+    /// Bytes written through the direct handle.
+    direct_written: AtomicU64,
+    /// What was written through the page cache since the last
+    /// write-back was started.
     unsent: Mutex<Unsent>,
 }
 
@@ -327,49 +346,55 @@ struct Unsent {
 impl OutputFile {
     /// `file`, made as durable as `durability` says.
     pub fn new(file: FileStorage, durability: Durability) -> Self {
+        let direct = match durability {
+            Durability::Durable => file.open_direct(),
+            Durability::Unsafe => None,
+        };
         OutputFile {
             file,
             durability,
+            direct,
+            direct_refused: AtomicBool::new(false),
+            direct_written: AtomicU64::new(0),
             unsent: Mutex::default(),
         }
     }
-}
 
-impl Storage for OutputFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.file.len()
+    /// Bytes written so far around the page cache (through a
+    /// [`DirectFile`]).
+    pub fn direct_written(&self) -> u64 {
+        self.direct_written.load(Ordering::Relaxed)
     }
 
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.write_shared(buf, offset)
-    }
-
-    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)
-    }
-
-    fn sync(&mut self) -> std::io::Result<()> {
-        match self.durability {
-            Durability::Durable => self.file.sync(),
-            Durability::Unsafe => Ok(()),
+    /// Writes `buf` at `offset` through the direct handle, if there is
+    /// one that has not refused a write. `Ok(false)`: not written, write
+    /// it through the page cache. A refusal (`EINVAL`: the file system or
+    /// the disk wants another alignment, or no direct writes after all)
+    /// turns the direct handle off for good; any other error is returned.
+    fn try_direct(&self, buf: &[u8], offset: u64) -> std::io::Result<bool> {
+        let Some(direct) = &self.direct else {
+            return Ok(false);
+        };
+        if self.direct_refused.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match direct.write_all_at(buf, offset) {
+            Ok(()) => {
+                self.direct_written
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                self.direct_refused.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 
-    fn next_data(&self, offset: u64) -> std::io::Result<Option<(u64, u64)>> {
-        self.file.next_data(offset)
-    }
-
-    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
-        Some(self)
-    }
-}
-
-impl SharedWrite for OutputFile {
-    fn write_shared(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    /// Writes through the page cache, and every [`WRITEBACK_EVERY`] bytes
+    /// asks the system to start sending them to the disk.
+    fn write_cached(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         self.file.write_shared(buf, offset)?;
         if self.durability == Durability::Durable {
             let end = offset + buf.len() as u64;
@@ -395,6 +420,70 @@ impl SharedWrite for OutputFile {
             }
         }
         Ok(())
+    }
+}
+
+/// How many bytes at the start of a write of `buf` at `offset` can go
+/// around the page cache: all of its whole [`DIRECT_ALIGN`] units when its
+/// offset and its memory are aligned, else none.
+fn direct_part(buf: &[u8], offset: u64) -> usize {
+    if offset.is_multiple_of(DIRECT_ALIGN as u64)
+        && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+    {
+        buf.len() - buf.len() % DIRECT_ALIGN
+    } else {
+        0
+    }
+}
+
+impl Storage for OutputFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Always through the page cache: the writes of an image (its
+    /// metadata, the blocks of a dynamic output) come one at a time, and
+    /// each would wait for the disk.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.write_cached(buf, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        match self.durability {
+            Durability::Durable => self.file.sync(),
+            Durability::Unsafe => Ok(()),
+        }
+    }
+
+    fn next_data(&self, offset: u64) -> std::io::Result<Option<(u64, u64)>> {
+        self.file.next_data(offset)
+    }
+
+    fn shared_writer(&self) -> Option<&dyn SharedWrite> {
+        Some(self)
+    }
+}
+
+impl SharedWrite for OutputFile {
+    /// Around the page cache where the write is aligned and the file
+    /// allows it (see [`OutputFile`]); else through it.
+    fn write_shared(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let (aligned, rest) = buf.split_at(direct_part(buf, offset));
+        if !aligned.is_empty() && self.try_direct(aligned, offset)? {
+            if rest.is_empty() {
+                return Ok(());
+            }
+            return self.write_cached(rest, offset + aligned.len() as u64);
+        }
+        self.write_cached(buf, offset)
     }
 }
 
@@ -480,7 +569,7 @@ pub fn copy_with(
         Mode::Plain => {
             let mut reader = Reader::new(source, out_size, CHUNK);
             let mut writer = Writer::new(sink, progress);
-            let mut buf = Vec::new();
+            let mut buf = vec![0u8; CHUNK as usize];
             while let Some(step) = reader.step(&mut buf).map_err(CopyError::source)? {
                 let pieces = pieces(&step, &buf);
                 writer.take(&step, &pieces, &buf).map_err(CopyError::sink)?;
@@ -536,9 +625,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next step, reading into `buf` (grown to a chunk when needed);
-    /// `None` at the end.
-    fn step(&mut self, buf: &mut Vec<u8>) -> Result<Option<Step>> {
+    /// The next step, reading into `buf` (at least a chunk long); `None`
+    /// at the end.
+    fn step(&mut self, buf: &mut [u8]) -> Result<Option<Step>> {
         let offset = self.offset;
         if offset >= self.out_size {
             return Ok(None);
@@ -554,7 +643,6 @@ impl<'a> Reader<'a> {
             return Ok(Some(Step::Skip { len: next - offset }));
         }
         let len = self.chunk.min(self.out_size - offset) as usize;
-        buf.resize(self.chunk as usize, 0);
         let data = &mut buf[..len];
         let readable = self.size.saturating_sub(offset).min(len as u64) as usize;
         let any = self.source.read_sparse(offset, &mut data[..readable])?;
@@ -623,7 +711,7 @@ fn overlapped(
                     Ok(b) => b,
                     Err(_) if made < BUFFERS => {
                         made += 1;
-                        Vec::new()
+                        vec![0u8; CHUNK as usize]
                     }
                     Err(_) => match empty_rx.recv() {
                         Ok(b) => b,
@@ -696,7 +784,8 @@ impl Shared<'_, '_> {
     /// One worker: takes, reads and writes chunks until there are none
     /// left or something failed, calling `after_step` after each step.
     fn work(&self, after_step: &mut dyn FnMut()) {
-        let mut buf = Vec::new();
+        let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
+        let buf = aligned_chunk(&mut memory);
         while !self.stop.load(Ordering::SeqCst) {
             let step = {
                 let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
@@ -705,7 +794,7 @@ impl Shared<'_, '_> {
                 if self.stop.load(Ordering::SeqCst) {
                     return;
                 }
-                match reader.step(&mut buf) {
+                match reader.step(buf) {
                     Ok(Some(step)) => step,
                     Ok(None) => return,
                     Err(e) => return self.fail(CopyError::source(e)),
@@ -715,7 +804,7 @@ impl Shared<'_, '_> {
                 Step::Skip { len } => (0, len),
                 Step::Chunk { offset, len, .. } => (offset, len as u64),
             };
-            for (start, end) in pieces(&step, &buf) {
+            for (start, end) in pieces(&step, buf) {
                 if self.sink_failed.load(Ordering::SeqCst) {
                     return;
                 }
@@ -729,6 +818,16 @@ impl Shared<'_, '_> {
             after_step();
         }
     }
+}
+
+/// The [`PARALLEL_CHUNK`] bytes of `memory` (which has
+/// [`DIRECT_ALIGN`] more) that start at a multiple of [`DIRECT_ALIGN`]
+/// in memory: the pieces of a chunk start at multiples of 64 KiB in it,
+/// so a sink that can write around the page cache can take them as they
+/// are (see [`OutputFile`]).
+fn aligned_chunk(memory: &mut [u8]) -> &mut [u8] {
+    let skip = (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+    &mut memory[skip..skip + PARALLEL_CHUNK as usize]
 }
 
 /// [`Mode::Parallel`] into a sink that can be written from several
@@ -822,5 +921,49 @@ mod tests {
         buf[9_999] = 1;
         assert!(!is_zero(&buf));
         assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn a_refused_direct_write_goes_through_the_page_cache_and_so_do_all_after_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("out");
+        let mut file = FileStorage::create_new(&path).expect("create");
+        file.set_len(64 * 1024).expect("size");
+        if file.open_direct().is_none() {
+            println!(
+                "SKIP: direct-write refusal: {} has no O_DIRECT",
+                dir.path().display()
+            );
+            return;
+        }
+        let out = OutputFile::new(file, Durability::Durable);
+        let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
+        let chunk = aligned_chunk(&mut memory);
+        chunk
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+        // Memory one byte off the alignment: the system refuses it
+        // (EINVAL), which must not fail the write.
+        let off = &chunk[1..=DIRECT_ALIGN];
+        assert!(!out.try_direct(off, 0).expect("a refusal is no error"));
+        out.write_shared(off, 0).expect("write");
+        // An aligned write after it goes through the page cache too.
+        out.write_shared(&chunk[..DIRECT_ALIGN], 8192)
+            .expect("write");
+        assert_eq!(out.direct_written(), 0);
+        let got = std::fs::read(&path).expect("read back");
+        assert_eq!(&got[..DIRECT_ALIGN], off);
+        assert_eq!(&got[8192..8192 + DIRECT_ALIGN], &chunk[..DIRECT_ALIGN]);
+    }
+
+    #[test]
+    fn a_parallel_chunk_starts_aligned_for_direct_writes() {
+        for extra in 0..64 {
+            let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN + extra];
+            let chunk = aligned_chunk(&mut memory[extra..]);
+            assert_eq!(chunk.len(), PARALLEL_CHUNK as usize);
+            assert_eq!(chunk.as_ptr() as usize % DIRECT_ALIGN, 0);
+        }
     }
 }

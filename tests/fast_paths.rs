@@ -768,3 +768,88 @@ fn convert_with_cache_unsafe_writes_the_same_raw_file_and_the_same_image_content
         }
     }
 }
+
+/// A raw [`Sink`] over an [`OutputFile`] the test keeps, to ask it after
+/// the copy how it wrote.
+struct KeptFileSink<'a>(&'a OutputFile);
+
+impl Sink for KeptFileSink<'_> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> vhdref::Result<()> {
+        self.0
+            .write_shared(data, offset)
+            .map_err(|e| Error::io("writing the output", e))
+    }
+
+    fn shared(&mut self) -> Option<convert::SharedSink<'_>> {
+        Some(convert::SharedSink::new(self.0, "out.raw", u64::MAX))
+    }
+}
+
+/// Whether files in `dir` take direct writes (`O_DIRECT`); if not, says
+/// why the caller skips.
+fn direct_writes_work(dir: &Path, test: &str) -> bool {
+    let probe = FileStorage::create_new(&dir.join("probe")).expect("create a probe file");
+    let works = probe.open_direct().is_some();
+    if !works {
+        println!(
+            "SKIP: {test}: the file system of {} refuses O_DIRECT, so there is no direct path to test",
+            dir.display()
+        );
+    }
+    works
+}
+
+#[test]
+fn a_durable_output_file_takes_the_parallel_copy_around_the_page_cache_and_an_unsafe_one_does_not()
+{
+    let dir = temp_dir();
+    if !direct_writes_work(dir.path(), "direct writes of the parallel copy") {
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    // Generated sources, then one whose last sector holds data and whose
+    // size is not a multiple of 4 KiB (its last piece has a short tail).
+    let mut specs: Vec<SourceSpec> = (0..10)
+        .map(|_| {
+            source_spec()
+                .new_tree(&mut runner)
+                .expect("a source")
+                .current()
+        })
+        .collect();
+    specs.push(SourceSpec::Fixed {
+        sectors: 5 * 2048 + 3,
+        seed: 7,
+    });
+    for (case, spec) in specs.iter().enumerate() {
+        for durability in [Durability::Durable, Durability::Unsafe] {
+            let (mut source, expected) = build(spec);
+            let size = source.size();
+            let path = dir.path().join(format!("out{case}-{durability:?}"));
+            let mut file = FileStorage::create_new(&path).expect("create the output");
+            file.set_len(size).expect("size the output");
+            let mut out = OutputFile::new(file, durability);
+            let stats = convert::copy_with(
+                Mode::Parallel,
+                &mut source,
+                &mut KeptFileSink(&out),
+                size,
+                &mut |_| {},
+            )
+            .expect("copy");
+            out.sync().expect("sync");
+            let direct = out.direct_written();
+            match durability {
+                Durability::Durable => assert!(
+                    stats.written - direct < vhdref::storage::DIRECT_ALIGN as u64,
+                    "case {case}: only a short tail may go through the page cache: \
+                     {direct} of {} bytes went around it; {spec:?}",
+                    stats.written
+                ),
+                Durability::Unsafe => assert_eq!(direct, 0, "case {case}: unsafe output"),
+            }
+            let got = std::fs::read(&path).expect("read the output back");
+            assert!(got == expected, "case {case} {durability:?}: {spec:?}");
+        }
+    }
+}

@@ -7,7 +7,9 @@ mod file;
 mod memory;
 
 pub use fault::{Fault, FaultStorage, Mutation, Op, power_loss_subsets, stale};
-pub use file::{FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE};
+pub use file::{
+    DIRECT_ALIGN, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
+};
 pub use memory::MemStorage;
 
 use std::io;
