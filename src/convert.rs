@@ -925,7 +925,7 @@ mod tests {
 
     #[test]
     fn a_refused_direct_write_goes_through_the_page_cache_and_so_do_all_after_it() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
+        let dir = crate::storage::disk_tempdir();
         let path = dir.path().join("out");
         let mut file = FileStorage::create_new(&path).expect("create");
         file.set_len(64 * 1024).expect("size");

@@ -85,7 +85,9 @@ pub struct ConvertArgs {
 pub enum Cache {
     /// Synced: when vhd exits, the data, the image's metadata and the
     /// output's name are on the disk. Writing to the disk starts while
-    /// the copy runs, so the final sync is short.
+    /// the copy runs, so the final sync is short; the data of raw and
+    /// fixed outputs goes straight to the disk (`O_DIRECT`, where the
+    /// file system takes it), not through the page cache.
     #[default]
     Writeback,
     /// Never synced: faster where syncing costs (a real disk), but a

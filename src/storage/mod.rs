@@ -7,6 +7,8 @@ mod file;
 mod memory;
 
 pub use fault::{Fault, FaultStorage, Mutation, Op, power_loss_subsets, stale};
+#[cfg(test)]
+pub(crate) use file::disk_tempdir;
 pub use file::{
     DIRECT_ALIGN, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
 };
