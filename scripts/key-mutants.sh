@@ -24,6 +24,14 @@ git ls-files -z --cached --others --exclude-standard -- . ':!fuzz' ':!corpora' |
   tar --null -T - -cf - | tar -xf - -C "$copy.new"
 # corpora/ is only read: a link keeps the copy small.
 ln -s "$root/corpora" "$copy.new/corpora"
+# The copy builds in this repository's target directory (its dependencies
+# are built once for both), but as a package of another name: cargo keys
+# its artifacts and their freshness by package, and under the same name a
+# build of the copy would pass for a build of the tree, so a later
+# `cargo test` here could run binaries built from the copy's sources.
+sed -i '0,/^name = "vhdref"$/s//name = "vhdref-key-mutants"/' "$copy.new/Cargo.toml"
+grep -q '^name = "vhdref-key-mutants"$' "$copy.new/Cargo.toml" ||
+  { echo "key-mutants: could not rename the package in the copy's Cargo.toml" >&2; exit 1; }
 # Only files whose contents changed are copied (and so get a new time):
 # cargo then rebuilds only what changed since the last run.
 if [ -d "$copy" ]; then
