@@ -294,9 +294,10 @@ pub const WRITEBACK_EVERY: u64 = 128 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Every sync the sink asks for is done (an image's flush; a raw
-    /// sink's [`RawSink::finish`]), and the file's pages are sent to the
-    /// disk as the copy goes (see [`FileStorage::start_writeback`]), so
-    /// the final sync is short.
+    /// sink's [`RawSink::finish`]), the file's cached pages are sent to
+    /// the disk as the copy goes (see [`FileStorage::start_writeback`]),
+    /// so the final sync is short, and the parallel copy's chunks go
+    /// around the page cache where the file allows (see [`OutputFile`]).
     #[default]
     Durable,
     /// No sync at all: the output may still be only in the page cache
