@@ -931,10 +931,10 @@ mod tests {
         let mut file = FileStorage::create_new(&path).expect("create");
         file.set_len(64 * 1024).expect("size");
         if file.open_direct().is_none() {
-            println!(
-                "SKIP: direct-write refusal: {} has no O_DIRECT",
+            crate::storage::test_skip::skip(&format!(
+                "{} takes no direct writes (O_DIRECT)",
                 dir.path().display()
-            );
+            ));
             return;
         }
         let out = OutputFile::new(file, Durability::Durable);

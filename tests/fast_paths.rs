@@ -791,10 +791,10 @@ fn direct_writes_work(dir: &Path, test: &str) -> bool {
     let probe = FileStorage::create_new(&dir.join("probe")).expect("create a probe file");
     let works = probe.open_direct().is_some();
     if !works {
-        println!(
-            "SKIP: {test}: the file system of {} refuses O_DIRECT, so there is no direct path to test",
+        common::skip::skip(&format!(
+            "{test}: the file system of {} refuses O_DIRECT, so there is no direct path to test",
             dir.display()
-        );
+        ));
     }
     works
 }

@@ -631,7 +631,7 @@ mod tests {
             let file = FileStorage::create_new(&in_memory.path().join("m")).unwrap();
             assert!(file.open_direct().is_none(), "a file on tmpfs");
         } else {
-            println!("SKIP: the tmpfs part: /dev/shm is not a tmpfs here");
+            crate::storage::test_skip::skip("the tmpfs part: /dev/shm is not a tmpfs here");
         }
     }
 }

@@ -9,6 +9,12 @@ mod memory;
 pub use fault::{Fault, FaultStorage, Mutation, Op, power_loss_subsets, stale};
 #[cfg(test)]
 pub(crate) use file::disk_tempdir;
+/// The test suite's skip report (`SKIP: ...` on stderr and in
+/// `VHDREF_SKIP_LOG`; a failure under `VHDREF_REQUIRE_PEERS=1`), for unit
+/// tests that cannot run on every machine.
+#[cfg(test)]
+#[path = "../../tests/common/skip.rs"]
+pub(crate) mod test_skip;
 pub use file::{
     DIRECT_ALIGN, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
 };
