@@ -306,6 +306,35 @@ fn convert_round_trip_raw_dynamic_fixed_raw_is_byte_identical() {
 }
 
 #[test]
+fn convert_quiet_prints_nothing_but_errors_and_still_converts() {
+    let d = tmp();
+    let (_, bytes) = raw_disk(d.path(), "in.img");
+    // 1000 bytes more than a multiple of 512: without -q a note says the
+    // VHD is padded.
+    let mut odd = bytes.clone();
+    odd.extend_from_slice(&[7u8; 1000]);
+    std::fs::write(d.path().join("odd.img"), &odd).expect("write");
+    let loud = vhd_ok(d.path(), &["convert", "odd.img", "loud.vhd"]);
+    assert!(!stdout(&loud).is_empty() && !stderr(&loud).is_empty());
+    for args in [
+        &["convert", "-q", "in.img", "q.vhd"][..],
+        &["convert", "--quiet", "odd.img", "odd.vhd"][..],
+        &["convert", "-q", "q.vhd", "q.img", "--to", "raw"][..],
+    ] {
+        let out = vhd_ok(d.path(), args);
+        assert_eq!(stdout(&out), "", "{args:?}");
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
+    assert!(std::fs::read(d.path().join("q.img")).expect("read") == bytes);
+    let odd_back = vhd_ok(d.path(), &["compare", "odd.vhd", "loud.vhd"]);
+    assert_eq!(code(&odd_back), Some(0));
+    // An error is still reported.
+    let out = vhd(d.path(), &["convert", "-q", "in.img", "q.vhd"]);
+    assert_eq!(code(&out), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+#[test]
 fn convert_leaves_unallocated_blocks_unallocated() {
     let d = tmp();
     // Data in blocks 0, 1 and 3 of 4 (2 MiB blocks); block 2 is zeros.

@@ -78,6 +78,10 @@ pub struct ConvertArgs {
     /// skips every sync, for scratch outputs.
     #[arg(short = 't', long, value_enum, default_value_t)]
     pub cache: Cache,
+    /// Print nothing but errors: no progress bar, no summary, no note
+    /// about padding. The exit status says whether it worked.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 /// How durable the output of `convert` is.
@@ -171,7 +175,11 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
     let (pending, storage) =
         PendingFile::create(output).map_err(|e| Failure::io(output, "creating the output", &e))?;
     let mut sink = create_sink(storage, output, args, out_size)?;
-    let bar = progress(out_size, "converting");
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress(out_size, "converting")
+    };
     let result = convert::copy(disk.source(), sink.as_sink(), out_size, &mut |n| bar.inc(n))
         .map(|stats| stats.written)
         .map_err(|e| match e.side {
@@ -197,6 +205,7 @@ pub fn run(args: &ConvertArgs) -> CmdResult {
         Ok((written, blocks, out_kind))
     });
     match result {
+        Ok(_) if args.quiet => Ok(0),
         Ok((written, blocks, out_kind)) => {
             if out_size != size && args.align.is_none() {
                 warn(
