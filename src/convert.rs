@@ -37,7 +37,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::storage::{DIRECT_ALIGN, DirectFile, FileStorage, SharedWrite, Storage};
+use crate::storage::{DIRECT_ALIGN, DirectFile, FileStorage, SharedWrite, Storage, direct_aligned};
 
 /// Bytes read per step of an overlapped or plain copy. Chunks start at
 /// multiples of this (so at block boundaries of every output block size
@@ -786,7 +786,10 @@ impl Shared<'_, '_> {
     /// left or something failed, calling `after_step` after each step.
     fn work(&self, after_step: &mut dyn FnMut()) {
         let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
-        let buf = aligned_chunk(&mut memory);
+        // Aligned for direct writes: the pieces of a chunk start at
+        // multiples of 64 KiB in it, so a sink that writes around the
+        // page cache takes them as they are (see [`OutputFile`]).
+        let buf = direct_aligned(&mut memory, PARALLEL_CHUNK as usize);
         while !self.stop.load(Ordering::SeqCst) {
             let step = {
                 let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
@@ -819,16 +822,6 @@ impl Shared<'_, '_> {
             after_step();
         }
     }
-}
-
-/// The [`PARALLEL_CHUNK`] bytes of `memory` (which has
-/// [`DIRECT_ALIGN`] more) that start at a multiple of [`DIRECT_ALIGN`]
-/// in memory: the pieces of a chunk start at multiples of 64 KiB in it,
-/// so a sink that can write around the page cache can take them as they
-/// are (see [`OutputFile`]).
-fn aligned_chunk(memory: &mut [u8]) -> &mut [u8] {
-    let skip = (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
-    &mut memory[skip..skip + PARALLEL_CHUNK as usize]
 }
 
 /// [`Mode::Parallel`] into a sink that can be written from several
@@ -939,7 +932,7 @@ mod tests {
         }
         let out = OutputFile::new(file, Durability::Durable);
         let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
-        let chunk = aligned_chunk(&mut memory);
+        let chunk = direct_aligned(&mut memory, PARALLEL_CHUNK as usize);
         chunk
             .iter_mut()
             .enumerate()
@@ -956,15 +949,5 @@ mod tests {
         let got = std::fs::read(&path).expect("read back");
         assert_eq!(&got[..DIRECT_ALIGN], off);
         assert_eq!(&got[8192..8192 + DIRECT_ALIGN], &chunk[..DIRECT_ALIGN]);
-    }
-
-    #[test]
-    fn a_parallel_chunk_starts_aligned_for_direct_writes() {
-        for extra in 0..64 {
-            let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN + extra];
-            let chunk = aligned_chunk(&mut memory[extra..]);
-            assert_eq!(chunk.len(), PARALLEL_CHUNK as usize);
-            assert_eq!(chunk.as_ptr() as usize % DIRECT_ALIGN, 0);
-        }
     }
 }

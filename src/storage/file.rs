@@ -104,11 +104,9 @@ impl FileStorage {
         {
             use rustix::fs::{Mode, OFlags, fstatfs, open};
             use std::os::fd::AsRawFd;
-            /// `f_type` of tmpfs and of ramfs (`linux/magic.h`).
-            const IN_MEMORY: [u64; 2] = [0x0102_1994, 0x8584_58f6];
             #[allow(clippy::cast_sign_loss)] // a magic number, not a quantity
-            let in_memory =
-                fstatfs(&self.file).is_ok_and(|fs| IN_MEMORY.contains(&(fs.f_type as u64)));
+            let in_memory = fstatfs(&self.file)
+                .is_ok_and(|fs| [TMPFS_MAGIC, RAMFS_MAGIC].contains(&(fs.f_type as u64)));
             if in_memory {
                 return None;
             }
@@ -152,6 +150,21 @@ impl FileStorage {
 /// multiples of this. 4 KiB satisfies every disk's logical block size
 /// (512 or 4096 bytes) and the page size of common systems.
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// `f_type` of tmpfs in `statfs` (`linux/magic.h`).
+#[cfg(target_os = "linux")]
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `f_type` of ramfs in `statfs` (`linux/magic.h`).
+#[cfg(target_os = "linux")]
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// The `len` bytes of `memory` that start at a multiple of
+/// [`DIRECT_ALIGN`] in memory, for a buffer a [`DirectFile`] can write
+/// from. `memory` must hold `len + DIRECT_ALIGN - 1` bytes at least.
+pub fn direct_aligned(memory: &mut [u8], len: usize) -> &mut [u8] {
+    let skip = (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+    &mut memory[skip..skip + len]
+}
 
 /// A second handle on a [`FileStorage`]'s file whose writes go around the
 /// page cache, straight to the disk (Linux `O_DIRECT`); see
@@ -575,6 +588,16 @@ mod tests {
         assert_eq!(back, data);
     }
 
+    #[test]
+    fn a_direct_aligned_buffer_starts_aligned_wherever_its_memory_starts() {
+        for extra in 0..64 {
+            let mut memory = vec![0u8; WRITE_PIECE as usize + DIRECT_ALIGN + extra];
+            let buf = direct_aligned(&mut memory[extra..], WRITE_PIECE as usize);
+            assert_eq!(buf.len(), WRITE_PIECE as usize);
+            assert_eq!(buf.as_ptr() as usize % DIRECT_ALIGN, 0);
+        }
+    }
+
     /// Whether `path` opens with `O_DIRECT` by its name (the oracle for
     /// [`FileStorage::open_direct`], which goes through `/proc`).
     #[cfg(target_os = "linux")]
@@ -602,8 +625,7 @@ mod tests {
         );
         if let Some(direct) = file.open_direct() {
             let mut memory = vec![0u8; 2 * DIRECT_ALIGN];
-            let skip = (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
-            let block = &mut memory[skip..skip + DIRECT_ALIGN];
+            let block = direct_aligned(&mut memory, DIRECT_ALIGN);
             block.copy_from_slice(&numbered(DIRECT_ALIGN));
             // The handle's status flags say O_DIRECT. (Asking whether
             // the pages stayed out of the cache is not reliable from safe
@@ -625,7 +647,8 @@ mod tests {
         let read_only = FileStorage::open(&path, false).unwrap();
         assert!(read_only.open_direct().is_none(), "read-only");
         let shm = Path::new("/dev/shm");
-        let on_tmpfs = rustix::fs::statfs(shm).is_ok_and(|fs| fs.f_type == 0x0102_1994);
+        #[allow(clippy::cast_sign_loss)] // a magic number, not a quantity
+        let on_tmpfs = rustix::fs::statfs(shm).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
         if on_tmpfs {
             let in_memory = tempfile::tempdir_in(shm).unwrap();
             let file = FileStorage::create_new(&in_memory.path().join("m")).unwrap();

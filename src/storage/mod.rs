@@ -17,6 +17,7 @@ pub(crate) use file::disk_tempdir;
 pub(crate) mod test_skip;
 pub use file::{
     DIRECT_ALIGN, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
+    direct_aligned,
 };
 pub use memory::MemStorage;
 
