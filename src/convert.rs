@@ -37,7 +37,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::storage::{DIRECT_ALIGN, DirectFile, FileStorage, SharedWrite, Storage, direct_aligned};
+use crate::storage::{DIRECT_ALIGN, DirectBuf, DirectFile, FileStorage, SharedWrite, Storage};
 
 /// Bytes read per step of an overlapped or plain copy. Chunks start at
 /// multiples of this (so at block boundaries of every output block size
@@ -311,10 +311,15 @@ pub enum Durability {
 /// once (see [`Storage::shared_writer`]).
 ///
 /// A durable output file writes around the page cache where it can: a
-/// write through its shared writer whose offset and memory are aligned to
-/// [`DIRECT_ALIGN`] goes through a [`DirectFile`] (the parallel copy's
-/// chunks are), all but a last part shorter than [`DIRECT_ALIGN`];
-/// everything else goes through the page cache.
+/// write whose offset and memory are aligned to [`DIRECT_ALIGN`] goes
+/// through a [`DirectFile`], all but a last part shorter than
+/// [`DIRECT_ALIGN`]; everything else goes through the page cache. The
+/// copy's buffers are aligned ([`DirectBuf`]) and its pieces start at
+/// multiples of 64 KiB in them, so the data of a raw or fixed output, and
+/// of a dynamic one (whose blocks this crate lays out with their data on
+/// 4 KiB boundaries, see [`crate::format::BLOCK_DATA_ALIGN`]), goes
+/// direct; an image's metadata (footers, bitmaps, the BAT, short and
+/// mostly unaligned) goes through the cache.
 /// Where the file system has no direct writes, or refuses one (`EINVAL`),
 /// every write goes through the page cache. The final sync makes both
 /// kinds durable. An unsafe output file always writes through the page
@@ -446,11 +451,12 @@ impl Storage for OutputFile {
         self.file.read_exact_at(buf, offset)
     }
 
-    /// Always through the page cache: the writes of an image (its
-    /// metadata, the blocks of a dynamic output) come one at a time, and
-    /// each would wait for the disk.
+    /// Around the page cache where the write is aligned and the file
+    /// allows it, as [`SharedWrite::write_shared`]. A direct write
+    /// returns once the disk has it; the overlapped copy, which writes
+    /// a dynamic output this way from one thread, reads ahead meanwhile.
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.write_cached(buf, offset)
+        self.write_shared(buf, offset)
     }
 
     fn set_len(&mut self, len: u64) -> std::io::Result<()> {
@@ -698,9 +704,9 @@ fn overlapped(
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<CopyStats, CopyError> {
     use std::sync::mpsc::{channel, sync_channel};
-    type Full = (Step, Vec<(usize, usize)>, Vec<u8>);
+    type Full = (Step, Vec<(usize, usize)>, DirectBuf);
     let (full_tx, full_rx) = sync_channel::<Full>(BUFFERS - 2);
-    let (empty_tx, empty_rx) = channel::<Vec<u8>>();
+    let (empty_tx, empty_rx) = channel::<DirectBuf>();
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<()> {
             let mut reader = Reader::new(source, out_size, CHUNK);
@@ -712,7 +718,8 @@ fn overlapped(
                     Ok(b) => b,
                     Err(_) if made < BUFFERS => {
                         made += 1;
-                        vec![0u8; CHUNK as usize]
+                        // Aligned, as the parallel copy's (see `work`).
+                        DirectBuf::zeroed(CHUNK as usize)
                     }
                     Err(_) => match empty_rx.recv() {
                         Ok(b) => b,
@@ -785,11 +792,10 @@ impl Shared<'_, '_> {
     /// One worker: takes, reads and writes chunks until there are none
     /// left or something failed, calling `after_step` after each step.
     fn work(&self, after_step: &mut dyn FnMut()) {
-        let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
         // Aligned for direct writes: the pieces of a chunk start at
         // multiples of 64 KiB in it, so a sink that writes around the
         // page cache takes them as they are (see [`OutputFile`]).
-        let buf = direct_aligned(&mut memory, PARALLEL_CHUNK as usize);
+        let mut buf = DirectBuf::zeroed(PARALLEL_CHUNK as usize);
         while !self.stop.load(Ordering::SeqCst) {
             let step = {
                 let mut reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
@@ -798,7 +804,7 @@ impl Shared<'_, '_> {
                 if self.stop.load(Ordering::SeqCst) {
                     return;
                 }
-                match reader.step(buf) {
+                match reader.step(&mut buf) {
                     Ok(Some(step)) => step,
                     Ok(None) => return,
                     Err(e) => return self.fail(CopyError::source(e)),
@@ -808,7 +814,7 @@ impl Shared<'_, '_> {
                 Step::Skip { len } => (0, len),
                 Step::Chunk { offset, len, .. } => (offset, len as u64),
             };
-            for (start, end) in pieces(&step, buf) {
+            for (start, end) in pieces(&step, &buf) {
                 if self.sink_failed.load(Ordering::SeqCst) {
                     return;
                 }
@@ -931,8 +937,7 @@ mod tests {
             return;
         }
         let out = OutputFile::new(file, Durability::Durable);
-        let mut memory = vec![0u8; PARALLEL_CHUNK as usize + DIRECT_ALIGN];
-        let chunk = direct_aligned(&mut memory, PARALLEL_CHUNK as usize);
+        let mut chunk = DirectBuf::zeroed(PARALLEL_CHUNK as usize);
         chunk
             .iter_mut()
             .enumerate()

@@ -117,9 +117,9 @@ rules! {
     /// Bitmap bits past the end of the disk are clear.
     BmpPastEnd => "BMP-PAST-END", Warning, "the bitmap bits of sectors past current_size (in the last block) are clear";
     /// No block-sized space in the file is unreferenced.
-    FileLeak => "FILE-LEAK", Warning, "no region of the file at least one block span long, between the metadata and the trailing footer, is referenced by nothing";
+    FileLeak => "FILE-LEAK", Warning, "no region of the file between the metadata and the trailing footer that one more block fits in (its data on a 4 KiB boundary when every block's data is) is referenced by nothing";
     /// Nothing but zeros between the last structure and the trailing footer.
-    FileTail => "FILE-TAIL", Warning, "the bytes between the last block or metadata structure and the trailing footer (less than a block span) are zeros";
+    FileTail => "FILE-TAIL", Warning, "the bytes between the last block or metadata structure and the trailing footer (too few for a block) are zeros";
     /// Metadata comes before the blocks.
     FileOrder => "FILE-ORDER", Warning, "the dynamic header, the BAT and the parent locator data lie before the first block";
     /// Parent locators lie inside the file.

@@ -137,8 +137,12 @@ fn a_block_appended_by_a_killed_writer_is_file_leak() {
     std::mem::forget(img); // killed: no flush, no close
     let report = judge(storage.bytes());
     assert_eq!(rules(&report), [Rule::FileLeak]);
+    // From the end of the BAT (0x800) to the footer: the padding that
+    // puts the block's data on 4 KiB (0x800 to 0xe00), the bitmap (a
+    // sector) and the data.
     let f = &report.findings[0].finding;
-    assert_eq!(f.length, Some(512 + (1 << 20)), "{f:?}");
+    assert_eq!(f.offset, Some(0x800), "{f:?}");
+    assert_eq!(f.length, Some(0x600 + 512 + (1 << 20)), "{f:?}");
     // The image still opens and reads what it did before.
     let mut back = vhdref::OpenOptions::new()
         .open_storage(Box::new(MemStorage::from_bytes(storage.bytes())), "img.vhd")
@@ -469,6 +473,33 @@ fn the_chain_of_a_child_with_broken_blocks_is_still_judged() {
     std::fs::remove_file(dir.path().join("base.vhd")).unwrap();
     let report = check::check(dir.path().join("child.vhd"), &CheckOptions::new());
     assert_eq!(rules(&report), [Rule::BatEntryBeyondEof, Rule::ParNotFound]);
+}
+
+#[test]
+fn a_gap_is_file_leak_when_one_more_block_fits_in_it_as_the_image_lays_out_its_blocks() {
+    // Two blocks, then zeros before the trailing footer: a block span and
+    // `extra` bytes.
+    let image = |align: u64, extra: usize| {
+        let gap = BLOCK as usize + 512 + extra;
+        VhdBuilder::dynamic(64 * KIB)
+            .block_size(BLOCK)
+            .data_alignment(align)
+            .block(0, Bits::All, &pattern(BLOCK as usize, 1))
+            .block(1, Bits::All, &pattern(BLOCK as usize, 2))
+            .corrupt(move |bytes| {
+                let at = bytes.len() - 512;
+                bytes.splice(at..at, std::iter::repeat_n(0u8, gap));
+            })
+            .build()
+    };
+    // Every block's data on 4 KiB: one more fits only with its data on
+    // the next 4 KiB boundary, so 3.5 KiB more than a span are needed.
+    assert_eq!(judge(image(4096, 1024)).verdict(), Verdict::Clean);
+    assert_eq!(judge(image(4096, 3072)).verdict(), Verdict::Clean);
+    assert_eq!(rules(&judge(image(4096, 3584))), [Rule::FileLeak]);
+    // Packed blocks: any gap of a span holds one.
+    assert_eq!(rules(&judge(image(0, 0))), [Rule::FileLeak]);
+    assert_eq!(rules(&judge(image(0, 1024))), [Rule::FileLeak]);
 }
 
 #[test]

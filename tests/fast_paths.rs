@@ -14,6 +14,7 @@ mod builder;
 mod common;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use builder::{Bits, DataSpace, Platform, VhdBuilder};
 use common::{MIB, Rng, SECTOR, cmd, run_ok, temp_dir};
@@ -785,6 +786,38 @@ impl Sink for KeptFileSink<'_> {
     }
 }
 
+/// An [`OutputFile`] an image writes through while the test keeps a hand
+/// on it (to count its direct writes after).
+struct HeldOutput(Arc<Mutex<OutputFile>>);
+
+impl HeldOutput {
+    fn file(&self) -> std::sync::MutexGuard<'_, OutputFile> {
+        self.0.lock().expect("not poisoned")
+    }
+}
+
+impl Storage for HeldOutput {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file().len()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file().read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file().write_all_at(buf, offset)
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.file().set_len(len)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file().sync()
+    }
+}
+
 /// Whether files in `dir` take direct writes (`O_DIRECT`); if not, says
 /// why the caller skips.
 fn direct_writes_work(dir: &Path, test: &str) -> bool {
@@ -852,6 +885,65 @@ fn a_durable_output_file_takes_the_parallel_copy_around_the_page_cache_and_an_un
             }
             let got = std::fs::read(&path).expect("read the output back");
             assert!(got == expected, "case {case} {durability:?}: {spec:?}");
+        }
+    }
+}
+
+#[test]
+fn a_durable_dynamic_output_writes_its_block_data_around_the_page_cache() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temporary directory");
+    if !direct_writes_work(dir.path(), "direct writes of a dynamic output") {
+        return;
+    }
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut specs: Vec<SourceSpec> = (0..10)
+        .map(|_| {
+            source_spec()
+                .new_tree(&mut runner)
+                .expect("a source")
+                .current()
+        })
+        .collect();
+    // Data in the last sector of a disk that is not a multiple of 4 KiB.
+    specs.push(SourceSpec::Fixed {
+        sectors: 5 * 2048 + 3,
+        seed: 9,
+    });
+    for (case, spec) in specs.iter().enumerate() {
+        for durability in [Durability::Durable, Durability::Unsafe] {
+            let (mut source, expected) = build(spec);
+            let size = source.size();
+            let path = dir.path().join(format!("out{case}-{durability:?}.vhd"));
+            let file = FileStorage::create_new(&path).expect("create the output");
+            let out = Arc::new(Mutex::new(OutputFile::new(file, durability)));
+            let mut img = CreateOptions::new(DiskType::Dynamic, size)
+                .create_in(Box::new(HeldOutput(Arc::clone(&out))), "out.vhd", None)
+                .expect("create the image");
+            // The default mode: a dynamic sink takes the overlapped copy.
+            let stats = convert::copy(&mut source, &mut img, size, &mut |_| {}).expect("copy");
+            img.close().expect("close");
+            let direct = out.lock().expect("not poisoned").direct_written();
+            drop(out); // and with it the file's write lock
+            match durability {
+                Durability::Durable => assert!(
+                    stats.written - direct < vhdref::storage::DIRECT_ALIGN as u64,
+                    "case {case}: all block data but a short tail goes around the page cache: \
+                     {direct} of {} bytes did; {spec:?}",
+                    stats.written
+                ),
+                Durability::Unsafe => assert_eq!(direct, 0, "case {case}: unsafe output"),
+            }
+            let mut back = Image::open(&path).expect("open the output");
+            let mut got = vec![0u8; expected.len()];
+            back.read_at(0, &mut got).expect("read the output");
+            assert!(got == expected, "case {case} {durability:?}: {spec:?}");
+            let report = vhdref::check::check(&path, &vhdref::check::CheckOptions::new());
+            assert_eq!(
+                report.verdict(),
+                vhdref::check::Verdict::Clean,
+                "case {case} {durability:?}: {:?}",
+                report.findings
+            );
         }
     }
 }

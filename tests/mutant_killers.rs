@@ -260,7 +260,10 @@ fn the_map_merges_neighbours_alike_and_only_those() {
         .iter()
         .map(|e| (e.offset, e.length, e.data, e.file_offset))
         .collect();
-    let block = |n: u64| Some(2048 + 512 + n * (bs + 512));
+    // The n-th block allocated: its data on a 4 KiB boundary, the first
+    // at 0x1000 (after the BAT ending at 0x800, padding and the bitmap
+    // sector), then every block span rounded up to 4 KiB.
+    let block = |n: u64| Some(4096 + n * (bs + 4096));
     assert_eq!(
         shape,
         [

@@ -79,9 +79,17 @@ fn compact_releases_zero_blocks_drops_the_leak_and_cuts_the_file() {
     assert_eq!(report.blocks_released, 2, "{report:?}");
     assert_eq!(report.zero_blocks_kept, 0);
     let span = u64::from(BLOCK) + 512;
-    assert_eq!(report.leaked_bytes, span, "one leaked block");
-    // Left: the footer copy, header, BAT (one sector), three blocks, footer.
-    let want_len = 512 + 1024 + 512 + 3 * span + 512;
+    // Block data lies on 4 KiB boundaries: 1536 bytes of padding before
+    // the first block (the BAT ends at 0x800), 3584 before each other.
+    let padding = |blocks: u64| 1536 + (blocks - 1) * 3584;
+    assert_eq!(
+        report.leaked_bytes,
+        span + padding(6),
+        "one leaked block, and the padding before the six blocks"
+    );
+    // Left: the footer copy, header, BAT (one sector), three blocks with
+    // their padding, footer.
+    let want_len = 512 + 1024 + 512 + padding(3) + 3 * span + 512;
     assert_eq!(report.file_size_after, want_len, "{report:?}");
     assert_eq!(report.bytes_reclaimed, before_len - want_len);
     assert_eq!(mem.to_vec().len() as u64, want_len);

@@ -91,7 +91,9 @@ fn results(root: &Path) -> Vec<Case> {
     vhdref::ops::compact(&child, OpenOptions::new()).expect("compact child");
     out.push(case("compacted child", vec![child, parent], child_bytes));
 
-    // Grow a dynamic image past its table's sector: blocks move.
+    // Grow a dynamic image until its table reaches past the padding
+    // before the first block (0x600 to 0xe00 with 512 KiB blocks: room
+    // for 512 entries): blocks move. 544 entries of 512 KiB.
     let path = subdir(root, "grow").join("grown.vhd");
     let mut img = CreateOptions::new(DiskType::Dynamic, 4 * MIB)
         .block_size(block as u32)
@@ -100,10 +102,10 @@ fn results(root: &Path) -> Vec<Case> {
     let mut expected = vec![0u8; 4 * MIB as usize];
     common::write_random(&mut img, &mut expected, &mut rng, 12, 100 * KIB, 0..4 * MIB);
     img.close().expect("close");
-    let report = vhdref::ops::resize(&path, OpenOptions::new(), &ResizeOptions::new(80 * MIB))
+    let report = vhdref::ops::resize(&path, OpenOptions::new(), &ResizeOptions::new(272 * MIB))
         .expect("grow");
     assert!(report.blocks_moved > 0, "{report:?}");
-    expected.resize(80 * MIB as usize, 0);
+    expected.resize(272 * MIB as usize, 0);
     out.push(case("grown dynamic", vec![path], expected));
 
     // Shrink a dynamic image over unallocated blocks.

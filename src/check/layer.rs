@@ -360,7 +360,7 @@ fn ascending(bat: &[u32]) -> bool {
 
 /// The allocated entries of two ascending lists (the BAT in file order and
 /// the entries past the disk), in one ascending stream.
-fn merged<'a>(bat: &'a [u32], beyond: &'a [u32]) -> impl Iterator<Item = u32> + 'a {
+fn merged<'a>(bat: &'a [u32], beyond: &'a [u32]) -> impl Iterator<Item = u32> + Clone + 'a {
     let mut a = bat.iter().copied().filter(|&e| e != UNALLOCATED).peekable();
     let mut b = beyond.iter().copied().peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {

@@ -5,16 +5,21 @@
 //! header, the BAT (padded to a sector), the data space of each parent
 //! locator that lies in the file, Xen's batmap (a `tdbatmap` header right
 //! after the BAT and the map it points at, which blktap writes), and every
-//! readable block (bitmap and data). Between them, gaps shorter than a
-//! block span are alignment padding (Windows aligns block data to 4 KiB);
-//! a gap of a block span or more is space nothing uses (FILE-LEAK), such
-//! as a block appended by a writer that was killed before it wrote the
-//! BAT entry. Before the trailing footer, a short gap must hold only zeros
-//! (FILE-TAIL).
+//! readable block (bitmap and data). A gap that one more block fits in,
+//! laid out as the image lays out its blocks, is space nothing uses
+//! (FILE-LEAK), such as a block appended by a writer that was killed
+//! before it wrote the BAT entry. Shorter gaps are alignment padding:
+//! Windows and vhdref put block data on 4 KiB boundaries, so in an image
+//! whose every block has its data there, a block fits in a gap only from
+//! its first 4 KiB boundary on (a gap can be up to 3.5 KiB longer than a
+//! block span without one fitting: a block moved out from between two
+//! aligned blocks leaves that); in other images a block fits in any gap
+//! of a block span. Before the trailing footer, a gap no block fits in
+//! must hold only zeros (FILE-TAIL).
 
 use crate::error::{Error, Result, count};
 use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
-use crate::format::{DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
+use crate::format::{BLOCK_DATA_ALIGN, DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
 use crate::rules::{self, Finding, Rule};
 use crate::storage::Storage;
 
@@ -67,6 +72,35 @@ fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Whether a block fits in `start..end`: from `start` on (at a sector)
+/// when `aligned` is false, else from the first place at or after it
+/// where the block's data starts on a [`BLOCK_DATA_ALIGN`] boundary.
+fn holds_a_block(start: u64, end: u64, state: &SparseState, aligned: bool) -> bool {
+    let bitmap = state.header.bitmap_size();
+    let block_start = if aligned {
+        let data = start
+            .div_ceil(SECTOR_SIZE)
+            .saturating_mul(SECTOR_SIZE)
+            .saturating_add(bitmap)
+            .div_ceil(BLOCK_DATA_ALIGN)
+            .saturating_mul(BLOCK_DATA_ALIGN);
+        data.saturating_sub(bitmap)
+    } else {
+        start
+    };
+    block_start.saturating_add(state.span) <= end
+}
+
+/// Whether the image keeps its block data on [`BLOCK_DATA_ALIGN`]
+/// boundaries: it has blocks, and every one does.
+fn keeps_aligned_data(blocks: impl Iterator<Item = u32>, bitmap: u64) -> bool {
+    let mut any = false;
+    blocks.filter(|&e| e != UNALLOCATED).all(|e| {
+        any = true;
+        (u64::from(e) * SECTOR_SIZE + bitmap).is_multiple_of(BLOCK_DATA_ALIGN)
+    }) && any
+}
+
 /// FILE-ORDER, FILE-LEAK and FILE-TAIL. `blocks` are the allocated entries
 /// in ascending order (of the disk's blocks and those past it): every one
 /// counts as using its block's span, broken or not (its error is its own
@@ -74,7 +108,7 @@ fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
 pub(crate) fn judge_space(
     storage: &dyn Storage,
     state: &SparseState,
-    blocks: impl Iterator<Item = u32>,
+    blocks: impl Iterator<Item = u32> + Clone,
     first_block: Option<u64>,
     options: &CheckOptions,
     out: &mut Findings,
@@ -82,6 +116,7 @@ pub(crate) fn judge_space(
     let mut meta = metadata(storage, state);
     meta.sort_unstable();
     let span = state.span;
+    let aligned = keeps_aligned_data(blocks.clone(), state.header.bitmap_size());
     if let (Some(first_start), Some(meta_end)) = (
         first_block,
         meta.iter().filter(|r| r.0 > 0).map(|r| r.1).max(),
@@ -108,7 +143,10 @@ pub(crate) fn judge_space(
     let mut covered = 0u64;
     let mut leaks = 0u64;
     let mut note = |start: u64, end: u64, out: &mut Findings| {
-        if end > start && end - start >= span && !rules::disabled(Rule::FileLeak) {
+        if end > start
+            && holds_a_block(start, end, state, aligned)
+            && !rules::disabled(Rule::FileLeak)
+        {
             leaks += 1;
             out.push(
                 Finding::new(
@@ -154,7 +192,7 @@ pub(crate) fn judge_space(
         covered = covered.max(next.1);
     }
     if covered < limit {
-        if limit - covered >= span {
+        if holds_a_block(covered, limit, state, aligned) {
             note(covered, limit, out);
         } else if options.data_checks
             && !rules::disabled(Rule::FileTail)

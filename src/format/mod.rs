@@ -24,6 +24,15 @@ pub const MAX_BLOCK_FILE_OFFSET: u64 = (u32::MAX as u64) * SECTOR_SIZE;
 pub const MAX_DISK_SIZE: u64 = 2040 * 1024 * 1024 * 1024;
 /// The most blocks a dynamic disk may have (2^26, a 256 MiB BAT).
 pub const MAX_BLOCKS: u64 = 1 << 26;
+/// The boundary the data of a new block starts on when blocks are at least
+/// [`ALIGNED_BLOCKS_FROM`] (as Windows lays blocks out): 4 KiB, the page
+/// size and the physical sector of 512e and 4Kn disks.
+pub const BLOCK_DATA_ALIGN: u64 = 4096;
+/// The smallest block size whose new blocks get their data aligned to
+/// [`BLOCK_DATA_ALIGN`] (512 KiB, the smallest block `create` makes): the
+/// padding, at most 3.5 KiB per block, is then under 0.7% of the file.
+/// Smaller blocks (only foreign images have them) are packed.
+pub const ALIGNED_BLOCKS_FROM: u64 = 512 * 1024;
 
 pub use bat::UNALLOCATED;
 pub use dyn_header::DynHeader;

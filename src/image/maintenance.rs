@@ -30,7 +30,9 @@
 use crate::error::{Error, Result};
 use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
 use crate::format::checksum::checksum;
-use crate::format::{DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE};
+use crate::format::{
+    BLOCK_DATA_ALIGN, DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE,
+};
 use crate::storage::Storage;
 
 use super::{Image, Layout, sparse::Sparse};
@@ -459,11 +461,11 @@ impl Image {
                 continue;
             }
             any = true;
-            if !(u64::from(e) * SECTOR_SIZE + s.bitmap_size).is_multiple_of(4096) {
+            if !(u64::from(e) * SECTOR_SIZE + s.bitmap_size).is_multiple_of(BLOCK_DATA_ALIGN) {
                 return Ok(SECTOR_SIZE);
             }
         }
-        Ok(if any { 4096 } else { SECTOR_SIZE })
+        Ok(if any { BLOCK_DATA_ALIGN } else { SECTOR_SIZE })
     }
 
     /// The first place at or after `pos` where a block may start so that

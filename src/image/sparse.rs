@@ -7,8 +7,11 @@
 //! memory until [`Sparse::flush`], which writes it behind barriers:
 //!
 //! 1. allocating a block writes the footer at the block's new end of file
-//!    first, so the file always ends with a valid footer (the old footer is
-//!    left inside the new block's bitmap area, where nothing reads it);
+//!    first, so the file always ends with a valid footer; then zeros over
+//!    the old footer, unless the new block's bitmap (written at flush)
+//!    covers it. (A new block starts where the used space ends, or up to
+//!    3.5 KiB later so that its data starts on a 4 KiB boundary; see
+//!    [`Sparse::slot`]. The old footer lies in that padding.)
 //! 2. guest data is written into the block's data area;
 //! 3. flush: `sync` (data and footers durable), then the dirty bitmaps,
 //!    then `sync`, then the dirty BAT entries, then `sync`.
@@ -32,7 +35,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Error, Result};
 use crate::format::bat::UNALLOCATED;
-use crate::format::{DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap};
+use crate::format::{
+    ALIGNED_BLOCKS_FROM, BLOCK_DATA_ALIGN, DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap,
+};
 use crate::storage::Storage;
 
 /// Bytes of bitmaps kept in memory by default (bounded memory); when the
@@ -204,6 +209,26 @@ impl Sparse {
         Ok(())
     }
 
+    /// Where a new block starts: at the end of the used space
+    /// (`next_free`) when blocks are smaller than [`ALIGNED_BLOCKS_FROM`],
+    /// else at the first place from there where its data starts on a
+    /// [`BLOCK_DATA_ALIGN`] boundary, as long as that is a place a BAT
+    /// entry can address (near the 2 TiB limit the block is packed, so
+    /// that every disk `create` accepts can be filled).
+    pub(crate) fn slot(&self) -> u64 {
+        let packed = self.next_free;
+        if self.block_size < ALIGNED_BLOCKS_FROM {
+            return packed;
+        }
+        let data = (packed + self.bitmap_size).div_ceil(BLOCK_DATA_ALIGN) * BLOCK_DATA_ALIGN;
+        let aligned = data - self.bitmap_size;
+        if aligned < MAX_BLOCK_FILE_OFFSET {
+            aligned
+        } else {
+            packed
+        }
+    }
+
     /// Step 1 of the write order: a new block at the end of the file.
     fn allocate(
         &mut self,
@@ -211,7 +236,7 @@ impl Sparse {
         footer: &[u8; 512],
         block: usize,
     ) -> Result<u32> {
-        let start = self.next_free;
+        let start = self.slot();
         let end = start + self.bitmap_size + self.block_size;
         let sector = u32::try_from(start / SECTOR_SIZE)
             .ok()
@@ -226,6 +251,14 @@ impl Sparse {
         storage
             .write_all_at(footer, end)
             .map_err(|e| Error::io("writing the footer after a new block", e))?;
+        // The padding before the block: nothing references it, and it
+        // would keep the old footer (a stale copy) for good.
+        if start > self.next_free {
+            let pad = vec![0u8; usize::try_from(start - self.next_free).unwrap_or(0)];
+            storage
+                .write_all_at(&pad, self.next_free)
+                .map_err(|e| Error::io("writing zeros before a new block", e))?;
+        }
         if let Some(slot) = self.bat.get_mut(block) {
             *slot = sector;
         }
@@ -306,5 +339,53 @@ impl Sparse {
         }
         self.bitmaps.remove(&block);
         self.next_hint = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::dyn_header::{HEADER_VERSION, PARENT_NAME_SIZE};
+    use crate::format::locator::LOCATOR_COUNT;
+    use crate::format::{LocatorEntry, timestamp::Timestamp};
+
+    /// The block layer of a dynamic image with blocks of `block_size`
+    /// whose used space ends at `next_free`.
+    fn sparse(block_size: u32, next_free: u64) -> Sparse {
+        let header = DynHeader {
+            data_offset: u64::MAX,
+            table_offset: 1536,
+            header_version: HEADER_VERSION,
+            max_table_entries: 4,
+            block_size,
+            parent_unique_id: uuid::Uuid::nil(),
+            parent_time_stamp: Timestamp(0),
+            parent_unicode_name: [0; PARENT_NAME_SIZE],
+            parent_locators: [LocatorEntry::default(); LOCATOR_COUNT],
+        };
+        Sparse::new(
+            header,
+            512,
+            vec![UNALLOCATED; 4],
+            next_free,
+            DEFAULT_BITMAP_CACHE_BYTES,
+        )
+    }
+
+    #[test]
+    fn a_block_is_padded_to_aligned_data_unless_that_place_is_past_what_an_entry_can_name() {
+        let tib2 = 1u64 << 41;
+        // 512 KiB blocks, a bitmap of one sector: data at the next 4 KiB.
+        assert_eq!(sparse(512 * 1024, 2048).slot(), 3584);
+        assert_eq!(sparse(512 * 1024, 3584).slot(), 3584);
+        assert_eq!(sparse(512 * 1024, 4096).slot(), 7680);
+        // 16 MiB blocks, a bitmap of 4 KiB: the block itself on 4 KiB.
+        assert_eq!(sparse(16 << 20, 2048).slot(), 4096);
+        // Near 2 TiB: aligned while the place is one a BAT entry names
+        // (below MAX_BLOCK_FILE_OFFSET, 2 TiB - 512), packed after.
+        assert_eq!(sparse(512 * 1024, tib2 - 8192).slot(), tib2 - 4608);
+        assert_eq!(sparse(512 * 1024, tib2 - 1536).slot(), tib2 - 1536);
+        // Blocks under 512 KiB: packed.
+        assert_eq!(sparse(256 * 1024, 2048).slot(), 2048);
     }
 }

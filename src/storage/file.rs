@@ -158,12 +158,44 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 #[cfg(target_os = "linux")]
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
-/// The `len` bytes of `memory` that start at a multiple of
-/// [`DIRECT_ALIGN`] in memory, for a buffer a [`DirectFile`] can write
-/// from. `memory` must hold `len + DIRECT_ALIGN - 1` bytes at least.
-pub fn direct_aligned(memory: &mut [u8], len: usize) -> &mut [u8] {
-    let skip = (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
-    &mut memory[skip..skip + len]
+/// How many bytes at the start of `memory` to skip to reach an address
+/// that is a multiple of [`DIRECT_ALIGN`].
+fn align_skip(memory: &[u8]) -> usize {
+    (DIRECT_ALIGN - memory.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN
+}
+
+/// An owned, zeroed buffer of `len` bytes that starts at a multiple of
+/// [`DIRECT_ALIGN`] in memory, so that a
+/// [`DirectFile`] can write any aligned part of it as it is. It stays
+/// aligned when moved (say, sent to another thread): its bytes live on
+/// the heap and do not move with it.
+#[derive(Debug)]
+pub struct DirectBuf {
+    memory: Vec<u8>,
+    skip: usize,
+    len: usize,
+}
+
+impl DirectBuf {
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(len: usize) -> Self {
+        let memory = vec![0u8; len + DIRECT_ALIGN];
+        let skip = align_skip(&memory);
+        DirectBuf { memory, skip, len }
+    }
+}
+
+impl std::ops::Deref for DirectBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.memory[self.skip..self.skip + self.len]
+    }
+}
+
+impl std::ops::DerefMut for DirectBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.memory[self.skip..self.skip + self.len]
+    }
 }
 
 /// A second handle on a [`FileStorage`]'s file whose writes go around the
@@ -589,12 +621,33 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_aligned_buffer_starts_aligned_wherever_its_memory_starts() {
-        for extra in 0..64 {
-            let mut memory = vec![0u8; WRITE_PIECE as usize + DIRECT_ALIGN + extra];
-            let buf = direct_aligned(&mut memory[extra..], WRITE_PIECE as usize);
-            assert_eq!(buf.len(), WRITE_PIECE as usize);
+    fn the_skip_to_an_aligned_address_lands_on_one_wherever_the_memory_starts() {
+        let memory = vec![0u8; 2 * DIRECT_ALIGN];
+        for extra in 0..DIRECT_ALIGN {
+            let from = &memory[extra..];
+            let skip = align_skip(from);
+            assert!(skip < DIRECT_ALIGN);
+            assert_eq!(from[skip..].as_ptr() as usize % DIRECT_ALIGN, 0);
+        }
+    }
+
+    #[test]
+    fn a_direct_buffer_is_aligned_zeroed_and_as_long_as_asked_even_once_moved() {
+        let bufs: Vec<DirectBuf> = [1, 511, 4096, 65_537, WRITE_PIECE as usize + 3]
+            .into_iter()
+            .map(DirectBuf::zeroed)
+            .collect();
+        let moved = std::thread::spawn(move || bufs).join().unwrap();
+        for (mut buf, len) in
+            moved
+                .into_iter()
+                .zip([1, 511, 4096, 65_537, WRITE_PIECE as usize + 3])
+        {
+            assert_eq!(buf.len(), len);
             assert_eq!(buf.as_ptr() as usize % DIRECT_ALIGN, 0);
+            assert!(buf.iter().all(|&b| b == 0));
+            buf.fill(7);
+            assert!(buf.iter().all(|&b| b == 7));
         }
     }
 
@@ -624,8 +677,7 @@ mod tests {
             takes_o_direct(&path)
         );
         if let Some(direct) = file.open_direct() {
-            let mut memory = vec![0u8; 2 * DIRECT_ALIGN];
-            let block = direct_aligned(&mut memory, DIRECT_ALIGN);
+            let mut block = DirectBuf::zeroed(DIRECT_ALIGN);
             block.copy_from_slice(&numbered(DIRECT_ALIGN));
             // The handle's status flags say O_DIRECT. (Asking whether
             // the pages stayed out of the cache is not reliable from safe
@@ -635,7 +687,7 @@ mod tests {
             assert!(flags.contains(rustix::fs::OFlags::DIRECT), "{flags:?}");
             let at = |page: u64| page * WRITE_PIECE;
             for page in 0..PAGES {
-                direct.write_all_at(block, at(page)).unwrap();
+                direct.write_all_at(&block, at(page)).unwrap();
             }
             let mut back = vec![0u8; DIRECT_ALIGN];
             for page in 0..PAGES {

@@ -16,8 +16,7 @@ pub(crate) use file::disk_tempdir;
 #[path = "../../tests/common/skip.rs"]
 pub(crate) mod test_skip;
 pub use file::{
-    DIRECT_ALIGN, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
-    direct_aligned,
+    DIRECT_ALIGN, DirectBuf, DirectFile, FileStorage, LockMode, OpenError, PendingFile, WRITE_PIECE,
 };
 pub use memory::MemStorage;
 
