@@ -89,9 +89,10 @@ pub struct ConvertArgs {
 pub enum Cache {
     /// Synced: when vhd exits, the data, the image's metadata and the
     /// output's name are on the disk. Writing to the disk starts while
-    /// the copy runs, so the final sync is short; the data of raw and
-    /// fixed outputs goes straight to the disk (`O_DIRECT`, where the
-    /// file system takes it), not through the page cache.
+    /// the copy runs, so the final sync is short; the data of every
+    /// output (raw, fixed, and the blocks of a dynamic one) goes straight
+    /// to the disk (`O_DIRECT`, where the file system takes it), not
+    /// through the page cache.
     #[default]
     Writeback,
     /// Never synced: faster where syncing costs (a real disk), but a
