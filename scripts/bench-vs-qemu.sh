@@ -28,8 +28,10 @@
 # tool starts with its input in the page cache.
 # Each run is a whole process (start-up included), timed from fork to
 # exit; peak RSS is the process's maxrss. Before each run its output is
-# removed (or its starting image copied afresh) and, on the disk, `sync`
-# runs, outside the timing.
+# removed (or its starting image copied afresh) and `sync` runs, outside
+# the timing: on this 2-core machine the write-back of what an earlier
+# run (or the building of the inputs) left dirty would otherwise take a
+# core from whichever tool runs next, tmpfs rows included.
 #
 # Where the files live: TMPFS (default /dev/shm) and DISK (default
 # target/bench-disk in this repository, which is on the work disk). The
@@ -164,8 +166,9 @@ def case(name, fs, cwd, ours, theirs=None, floor=None, setup=None, reps=None):
             if setup:
                 setup()
             warm(cwd, argv)
-            if fs == "disk":
-                os.sync()
+            # On either file system: no write-back of an earlier run's
+            # output (or of the inputs just built) may run during this one.
+            os.sync()
             before = reported_kib()
             res[key].append(timed(argv, cwd))
             if RUNS_LOG:
