@@ -10,15 +10,20 @@
 //!
 //! # Three ways to move the bytes
 //!
-//! * [`Mode::Parallel`] (the default, where the sink allows it: a raw
+//! The default, [`Mode::Auto`], takes the parallel copy where the sink
+//! allows it and writes around the page cache (a durable raw or fixed
+//! output on a disk), and the overlapped copy everywhere else.
+//!
+//! * [`Mode::Parallel`] (where the sink allows it: a raw
 //!   file or a fixed image, whose contents do not depend on the order of
 //!   the writes): [`WORKERS`] threads each take the next chunk of
 //!   [`PARALLEL_CHUNK`] bytes, read it (one at a time: the source sits
 //!   behind a lock) and write it themselves. The bytes a worker writes
 //!   are still in its own cache, and one worker reads while the other
 //!   writes.
-//! * [`Mode::Overlapped`] (the default for every other sink, a dynamic
-//!   image above all): the source is read in one thread and the sink
+//! * [`Mode::Overlapped`] (for every other sink: a dynamic image, whose
+//!   blocks land in the order they are written, and any output written
+//!   through the page cache): the source is read in one thread and the sink
 //!   written in another. The reader owns the source, reads a chunk of
 //!   [`CHUNK`] bytes, finds its non-zero pieces and passes it on through
 //!   a bounded channel; the writer (the calling thread) owns the sink and
@@ -212,6 +217,12 @@ impl<'a> SharedSink<'a> {
             name,
             limit,
         }
+    }
+
+    /// Whether its writer writes around the page cache (see
+    /// [`SharedWrite::around_page_cache`]).
+    pub fn around_page_cache(&self) -> bool {
+        self.writer.around_page_cache()
     }
 
     /// Writes `data` at guest `offset`.
@@ -480,6 +491,11 @@ impl Storage for OutputFile {
 }
 
 impl SharedWrite for OutputFile {
+    /// While it has a direct handle that has not refused a write.
+    fn around_page_cache(&self) -> bool {
+        self.direct.is_some() && !self.direct_refused.load(Ordering::Relaxed)
+    }
+
     /// Around the page cache where the write is aligned and the file
     /// allows it (see [`OutputFile`]); else through it.
     fn write_shared(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
@@ -533,16 +549,27 @@ impl CopyError {
 pub struct CopyStats {
     /// Bytes written to the sink (pieces that were not all zeros).
     pub written: u64,
+    /// The way the bytes moved: [`Mode::Parallel`], [`Mode::Overlapped`]
+    /// or [`Mode::Plain`] (never [`Mode::Auto`]).
+    pub mode: Mode,
 }
 
 /// How [`copy_with`] moves the bytes (see the module documentation).
 /// All modes write the same bytes to the same places.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
+    /// [`Mode::Parallel`] where the sink can be written from several
+    /// threads and its writes go around the page cache
+    /// ([`SharedSink::around_page_cache`]: a durable raw or fixed output
+    /// on a disk); else [`Mode::Overlapped`]. Through the page cache the
+    /// writers of one file take its lock in turn and the waiting one spins
+    /// on it: twice the CPU for the same work, and in the bench on this
+    /// project's 2-core machine slower than one writer (spec/performance.md).
+    #[default]
+    Auto,
     /// [`WORKERS`] threads that each read and write their own chunks,
     /// where the sink can be written from several threads
     /// ([`Sink::shared`]); elsewhere [`Mode::Overlapped`].
-    #[default]
     Parallel,
     /// Read in a second thread while the calling thread writes.
     Overlapped,
@@ -581,9 +608,16 @@ pub fn copy_with(
                 let pieces = pieces(&step, &buf);
                 writer.take(&step, &pieces, &buf).map_err(CopyError::sink)?;
             }
-            Ok(writer.stats)
+            Ok(CopyStats {
+                mode: Mode::Plain,
+                ..writer.stats
+            })
         }
         Mode::Overlapped => overlapped(source, sink, out_size, progress),
+        Mode::Auto => match sink.shared().filter(SharedSink::around_page_cache) {
+            Some(shared) => parallel(source, shared, out_size, progress),
+            None => overlapped(source, sink, out_size, progress),
+        },
         Mode::Parallel => match sink.shared() {
             Some(shared) => parallel(source, shared, out_size, progress),
             None => overlapped(source, sink, out_size, progress),
@@ -747,7 +781,10 @@ fn overlapped(
                 // The reader may be done and gone: then the buffer is freed.
                 let _ = empty_tx.send(buf);
             }
-            result.map(|()| writer.stats)
+            result.map(|()| CopyStats {
+                mode: Mode::Overlapped,
+                ..writer.stats
+            })
         };
         let read = reader
             .join()
@@ -883,6 +920,7 @@ fn parallel(
     }
     Ok(CopyStats {
         written: written.into_inner(),
+        mode: Mode::Parallel,
     })
 }
 

@@ -947,3 +947,61 @@ fn a_durable_dynamic_output_writes_its_block_data_around_the_page_cache() {
         }
     }
 }
+
+#[test]
+fn the_default_copy_is_parallel_exactly_where_the_output_is_written_around_the_page_cache() {
+    let spec = SourceSpec::Fixed {
+        sectors: 6 * 2048,
+        seed: 3,
+    };
+    let copy_into = |dir: &Path, durability: Durability| {
+        let (mut source, expected) = build(&spec);
+        let size = source.size();
+        let path = dir.join(format!("out-{durability:?}"));
+        let mut file = FileStorage::create_new(&path).expect("create the output");
+        file.set_len(size).expect("size the output");
+        let mut out = OutputFile::new(file, durability);
+        let stats =
+            convert::copy(&mut source, &mut KeptFileSink(&out), size, &mut |_| {}).expect("copy");
+        out.sync().expect("sync");
+        assert!(
+            std::fs::read(&path).expect("read back") == expected,
+            "{path:?}"
+        );
+        stats.mode
+    };
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temporary directory");
+    if direct_writes_work(disk.path(), "the default copy on a disk") {
+        assert_eq!(copy_into(disk.path(), Durability::Durable), Mode::Parallel);
+        assert_eq!(copy_into(disk.path(), Durability::Unsafe), Mode::Overlapped);
+    }
+    // A file in memory takes no direct writes: one writer.
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        let memory = tempfile::tempdir_in(shm).expect("a directory in /dev/shm");
+        assert_eq!(
+            copy_into(memory.path(), Durability::Durable),
+            Mode::Overlapped
+        );
+    } else {
+        common::skip::skip("the default copy in memory: no /dev/shm here");
+    }
+    // A sink in memory, and a dynamic image: one writer.
+    let (mut source, expected) = build(&spec);
+    let size = source.size();
+    let mem = vhdref::storage::MemStorage::new();
+    let mut sink = RawSink::new(Box::new(mem.clone()), "out.raw");
+    let stats = convert::copy(&mut source, &mut sink, size, &mut |_| {}).expect("copy");
+    assert_eq!(stats.mode, Mode::Overlapped);
+    assert!(mem.to_vec() == expected);
+    let (mut source, _) = build(&spec);
+    let mut img = CreateOptions::new(DiskType::Dynamic, size)
+        .create_in(
+            Box::new(vhdref::storage::MemStorage::new()),
+            "out.vhd",
+            None,
+        )
+        .expect("create");
+    let stats = convert::copy(&mut source, &mut img, size, &mut |_| {}).expect("copy");
+    assert_eq!(stats.mode, Mode::Overlapped);
+}

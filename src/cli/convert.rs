@@ -7,10 +7,12 @@
 //! fixed outputs (made with `set_len`, sparse files where the system
 //! allows) get holes where the disk reads zeros.
 //!
-//! Raw and fixed outputs are written by two threads that each read and
-//! write their own 1 MiB chunks (`convert::Mode::Parallel`); a dynamic
-//! output is written in order by one thread while another reads ahead
-//! (`convert::Mode::Overlapped`), through a few 2 MiB buffers.
+//! Durable raw and fixed outputs on a file system that takes direct
+//! writes are written by two threads that each read and write their own
+//! 1 MiB chunks (`convert::Mode::Parallel`); every other output is
+//! written in order by one thread while another reads ahead
+//! (`convert::Mode::Overlapped`), through a few 2 MiB buffers (the
+//! choice is `convert::Mode::Auto`'s).
 //!
 //! The output has no name while it is written (`O_TMPFILE` on Linux; a
 //! hidden temporary name elsewhere) and is linked in as OUT only when

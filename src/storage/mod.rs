@@ -58,6 +58,14 @@ pub trait Storage: Send {
 pub trait SharedWrite: Sync {
     /// Writes all of `buf` at `offset`, as [`Storage::write_all_at`] does.
     fn write_shared(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Whether the bulk of the writes go around the page cache (direct
+    /// I/O). Only then do several threads writing at once pay: through
+    /// the page cache, writes to one file take its lock in turn, and a
+    /// waiting writer spins on it (see `convert::Mode::Auto`).
+    fn around_page_cache(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for Box<S> {
