@@ -614,14 +614,16 @@ pub fn copy_with(
             })
         }
         Mode::Overlapped => overlapped(source, sink, out_size, progress),
-        Mode::Auto => match sink.shared().filter(SharedSink::around_page_cache) {
-            Some(shared) => parallel(source, shared, out_size, progress),
-            None => overlapped(source, sink, out_size, progress),
-        },
-        Mode::Parallel => match sink.shared() {
-            Some(shared) => parallel(source, shared, out_size, progress),
-            None => overlapped(source, sink, out_size, progress),
-        },
+        Mode::Auto | Mode::Parallel => {
+            // Auto: only where the writes go around the page cache.
+            match sink
+                .shared()
+                .filter(|s| mode == Mode::Parallel || s.around_page_cache())
+            {
+                Some(shared) => parallel(source, shared, out_size, progress),
+                None => overlapped(source, sink, out_size, progress),
+            }
+        }
     }
 }
 

@@ -19,7 +19,9 @@
 
 use crate::error::{Error, Result, count};
 use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_batmap_head};
-use crate::format::{BLOCK_DATA_ALIGN, DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE};
+use crate::format::{
+    BLOCK_DATA_ALIGN, DYN_HEADER_SIZE, FOOTER_SIZE, SECTOR_SIZE, block_data_aligned, block_slot,
+};
 use crate::rules::{self, Finding, Rule};
 use crate::storage::Storage;
 
@@ -76,15 +78,8 @@ fn batmap(storage: &dyn Storage, at: u64, limit: u64) -> Vec<(u64, u64)> {
 /// when `aligned` is false, else from the first place at or after it
 /// where the block's data starts on a [`BLOCK_DATA_ALIGN`] boundary.
 fn holds_a_block(start: u64, end: u64, state: &SparseState, aligned: bool) -> bool {
-    let bitmap = state.header.bitmap_size();
     let block_start = if aligned {
-        let data = start
-            .div_ceil(SECTOR_SIZE)
-            .saturating_mul(SECTOR_SIZE)
-            .saturating_add(bitmap)
-            .div_ceil(BLOCK_DATA_ALIGN)
-            .saturating_mul(BLOCK_DATA_ALIGN);
-        data.saturating_sub(bitmap)
+        block_slot(start, state.header.bitmap_size(), BLOCK_DATA_ALIGN)
     } else {
         start
     };
@@ -97,7 +92,7 @@ fn keeps_aligned_data(blocks: impl Iterator<Item = u32>, bitmap: u64) -> bool {
     let mut any = false;
     blocks.filter(|&e| e != UNALLOCATED).all(|e| {
         any = true;
-        (u64::from(e) * SECTOR_SIZE + bitmap).is_multiple_of(BLOCK_DATA_ALIGN)
+        block_data_aligned(e, bitmap)
     }) && any
 }
 

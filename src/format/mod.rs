@@ -34,6 +34,26 @@ pub const BLOCK_DATA_ALIGN: u64 = 4096;
 /// Smaller blocks (only foreign images have them) are packed.
 pub const ALIGNED_BLOCKS_FROM: u64 = 512 * 1024;
 
+/// The first place at or after `pos` (rounded up to a sector) where a
+/// block with a bitmap of `bitmap` bytes may start so that its data starts
+/// on a multiple of `align` (itself a multiple of a sector). Saturates
+/// instead of overflowing (for offsets read from hostile files).
+pub fn block_slot(pos: u64, bitmap: u64, align: u64) -> u64 {
+    let data = pos
+        .div_ceil(SECTOR_SIZE)
+        .saturating_mul(SECTOR_SIZE)
+        .saturating_add(bitmap)
+        .div_ceil(align)
+        .saturating_mul(align);
+    data.saturating_sub(bitmap)
+}
+
+/// Whether the block of BAT entry `entry` (a sector number), with a bitmap
+/// of `bitmap` bytes, has its data on a [`BLOCK_DATA_ALIGN`] boundary.
+pub fn block_data_aligned(entry: u32, bitmap: u64) -> bool {
+    (u64::from(entry) * SECTOR_SIZE + bitmap).is_multiple_of(BLOCK_DATA_ALIGN)
+}
+
 pub use bat::UNALLOCATED;
 pub use dyn_header::DynHeader;
 pub use footer::{DiskType, Footer};

@@ -32,6 +32,7 @@ use crate::format::bat::{BATMAP_HEAD_LEN, UNALLOCATED, bat_size_on_disk, parse_b
 use crate::format::checksum::checksum;
 use crate::format::{
     BLOCK_DATA_ALIGN, DYN_HEADER_SIZE, DiskType, DynHeader, FOOTER_SIZE, Footer, SECTOR_SIZE,
+    block_data_aligned, block_slot,
 };
 use crate::storage::Storage;
 
@@ -461,7 +462,7 @@ impl Image {
                 continue;
             }
             any = true;
-            if !(u64::from(e) * SECTOR_SIZE + s.bitmap_size).is_multiple_of(BLOCK_DATA_ALIGN) {
+            if !block_data_aligned(e, s.bitmap_size) {
                 return Ok(SECTOR_SIZE);
             }
         }
@@ -471,9 +472,7 @@ impl Image {
     /// The first place at or after `pos` where a block may start so that
     /// its data has the alignment `align`.
     pub(crate) fn slot_at_or_after(&self, pos: u64, align: u64) -> Result<u64> {
-        let bitmap = self.sparse()?.bitmap_size;
-        let data = (sector_ceil(pos) + bitmap).div_ceil(align) * align;
-        Ok(data - bitmap)
+        Ok(block_slot(pos, self.sparse()?.bitmap_size, align))
     }
 
     /// Moves the end of the data area (where the trailing footer starts)

@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::format::bat::UNALLOCATED;
 use crate::format::{
     ALIGNED_BLOCKS_FROM, BLOCK_DATA_ALIGN, DynHeader, MAX_BLOCK_FILE_OFFSET, SECTOR_SIZE, bitmap,
+    block_slot,
 };
 use crate::storage::Storage;
 
@@ -220,8 +221,7 @@ impl Sparse {
         if self.block_size < ALIGNED_BLOCKS_FROM {
             return packed;
         }
-        let data = (packed + self.bitmap_size).div_ceil(BLOCK_DATA_ALIGN) * BLOCK_DATA_ALIGN;
-        let aligned = data - self.bitmap_size;
+        let aligned = block_slot(packed, self.bitmap_size, BLOCK_DATA_ALIGN);
         if aligned < MAX_BLOCK_FILE_OFFSET {
             aligned
         } else {
